@@ -1,0 +1,149 @@
+"""`paperbot [-c CONFIG] COMMAND`: run, backtest, train, trades, alerts, status, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from bot.bars import utc
+from bot.config import AppConfig, load_config
+from bot.errors import OperationalError
+from bot.logs import configure_logging, get_logger
+from bot.reports import (
+    alerts,
+    book_status,
+    dumps_exact,
+    find_book,
+    render_csv,
+    render_status,
+    render_table,
+    trades,
+)
+from bot.store.db import make_engine, session_factory, upgrade
+
+TRADE_COLUMNS = ["ts", "strategy", "symbol", "side", "qty", "price", "commission", "client_order_id"]
+ALERT_COLUMNS = ["ts", "severity", "kind", "strategy", "symbol", "message"]
+
+
+def _iso(text: str) -> datetime:
+    try:
+        return utc(datetime.fromisoformat(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also documents the CLI in --help)."""
+    parser = argparse.ArgumentParser(prog="paperbot", description=__doc__)
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path("config.toml"),
+        help="configuration file (default: config.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="the daemon: stream bars, trade on paper, record everything")
+    bt = sub.add_parser(
+        "backtest", help="the same engine on the replay feed, as fast as it can, in a new book"
+    )
+    bt.add_argument("--start", type=_iso, help="first bar time (ISO), default [feed] start")
+    bt.add_argument("--end", type=_iso, help="end time, exclusive (ISO), default [feed] end")
+    tr = sub.add_parser("train", help="train a strategy's LSTM and write a new model version")
+    tr.add_argument("--strategy", help="strategy name (default: the first)")
+    for name, formats in (
+        ("trades", ["table", "csv", "json"]),
+        ("alerts", ["table", "json"]),
+        ("status", ["table", "json"]),
+    ):
+        p = sub.add_parser(
+            name,
+            help={
+                "trades": "the fills, newest last",
+                "alerts": "alerts, newest last",
+                "status": "cash, equity, positions, trading state",
+            }[name],
+        )
+        p.add_argument("--format", choices=formats, default="table")
+        p.add_argument("--book", help="book name (default: the book of the latest run)")
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply Alembic migrations up to head")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(
+            config.daemon.log_level,
+            config.daemon.log_file if args.command == "run" else None,
+            stream=sys.stdout if args.command in ("run", "backtest", "train") else sys.stderr,
+        )
+        return _dispatch(args, config)
+    except OperationalError as exc:
+        print(f"paperbot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
+    if args.command in ("run", "backtest"):
+        from bot.daemon import run_daemon  # noqa: PLC0415  (torch loads only for commands that need it)
+
+        outcome = asyncio.run(
+            run_daemon(
+                config,
+                command=args.command,
+                config_path=args.config,
+                start=getattr(args, "start", None),
+                end=getattr(args, "end", None),
+            )
+        )
+        print(render_status(outcome.status), file=sys.stderr)
+        return 0
+    if args.command == "train":
+        from bot.model.train_command import train_strategy  # noqa: PLC0415
+
+        folder = train_strategy(config, args.strategy, get_logger("paperbot.train"))
+        print(f"wrote {folder}", file=sys.stderr)
+        return 0
+    if args.command == "db":
+        upgrade(config.daemon.database_url)
+        print("database is at the latest migration", file=sys.stderr)
+        return 0
+    return _report(args, config)
+
+
+def _report(args: argparse.Namespace, config: AppConfig) -> int:
+    engine = make_engine(config.daemon.database_url)
+    try:
+        sessions = session_factory(engine)
+        book = find_book(sessions, args.book, config.daemon.book)
+        if book is None:
+            raise OperationalError(f"no book {args.book or config.daemon.book!r} in the database yet")
+        if args.command == "status":
+            status = book_status(sessions, book.id)
+            print(dumps_exact(status.to_json()) if args.format == "json" else render_status(status))
+            return 0
+        rows, columns = (
+            (trades(sessions, book.id), TRADE_COLUMNS)
+            if args.command == "trades"
+            else (alerts(sessions, book.id), ALERT_COLUMNS)
+        )
+        if args.format == "json":
+            print(dumps_exact(rows))
+        elif args.format == "csv":
+            print(render_csv(rows, columns), end="")
+        else:
+            print(render_table(rows, columns))
+        return 0
+    finally:
+        engine.dispose()

@@ -1,0 +1,275 @@
+"""Load and validate config.toml. Every problem names its key; nothing starts on a bad config."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+
+from bot.bars import parse_timeframe, utc
+from bot.errors import ConfigError
+
+DATABASE_URL_ENV = "PAPERBOT_DATABASE_URL"
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Bps = Annotated[Decimal, Field(ge=0, le=1000)]
+
+
+class _Section(BaseModel):
+    # An unknown key is an error, not a silently ignored typo.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
+
+
+class DaemonConfig(_Section):
+    """[daemon]: where the books live and how the process behaves."""
+
+    database_url: str = "sqlite:///var/paperbot.sqlite"
+    book: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "paper"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_file: Path | None = None
+    equity_snapshot_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str, info: ValidationInfo) -> str:
+        url = make_url(value)  # raises ArgumentError with a clear message on garbage
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            url = url.set(database=str(_resolve(Path(url.database), info)))
+        return url.render_as_string(hide_password=False)
+
+    @field_validator("log_file")
+    @classmethod
+    def _log_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+
+class ReplayFeedConfig(_Section):
+    """[feed] kind = "replay": bars from `{data_dir}/{SYMBOL}.csv`."""
+
+    kind: Literal["replay"] = "replay"
+    data_dir: Path
+    speed: Annotated[float, Field(ge=0)] = 0.0
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        path = _resolve(value, info)
+        if not path.is_dir():
+            raise ValueError(f"folder {path} does not exist")
+        return path
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value)
+
+    @model_validator(mode="after")
+    def _span(self) -> ReplayFeedConfig:
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+
+class SimBrokerConfig(_Section):
+    """[broker] kind = "sim": fills market orders at the next bar's open plus slippage and commission."""
+
+    kind: Literal["sim"] = "sim"
+    starting_cash: Annotated[Decimal, Field(gt=0, le=Decimal("1e12"))] = Decimal(100_000)
+    commission_bps: Bps = Decimal(1)
+    slippage_bps: Bps = Decimal(2)
+
+
+class FeatureSettings(_Section):
+    """[strategies.features]: the incremental indicators behind the model's inputs."""
+
+    return_lags: Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1)] = [1, 2, 4, 8]
+    zscore_window: Annotated[int, Field(ge=5, le=500)] = 20
+    rsi_window: Annotated[int, Field(ge=2, le=200)] = 14
+    volatility_window: Annotated[int, Field(ge=5, le=500)] = 20
+    return_clip: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @field_validator("return_lags")
+    @classmethod
+    def _lags(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("return_lags must not repeat")
+        return sorted(value)
+
+
+class ModelSettings(_Section):
+    """[strategies.model]: the LSTM's shape."""
+
+    window: Annotated[int, Field(ge=4, le=512)] = 32
+    hidden: Annotated[int, Field(ge=4, le=1024)] = 32
+    layers: Annotated[int, Field(ge=1, le=3)] = 2
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class TrainingSettings(_Section):
+    """[strategies.training]: how `paperbot train` fits the model, and on which span of the replay data."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 8
+    batch_size: Annotated[int, Field(ge=8, le=65_536)] = 256
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-5
+    validation_fraction: Annotated[float, Field(gt=0, lt=0.9)] = 0.2
+    patience: Annotated[int, Field(ge=1, le=100)] = 3
+    seed: int = 7
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value)
+
+
+class RiskSettings(_Section):
+    """[strategies.risk]: limits every order passes before it is sent."""
+
+    max_drawdown: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    max_position_fraction: Fraction = 0.3
+    max_gross_exposure: Annotated[float, Field(gt=0, le=10)] = 1.0
+    max_order_notional: Annotated[Decimal, Field(gt=0)] = Decimal(50_000)
+    on_breach: Literal["halt", "reduce"] = "halt"
+    lot_size: Annotated[Decimal, Field(gt=0)] = Decimal(1)
+    cash_buffer: Annotated[float, Field(ge=0, lt=1)] = 0.01
+
+
+class StrategyConfig(_Section):
+    """One [[strategies]] entry: symbols, the model that drives them, and their limits."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
+    symbols: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]{1,32}$")]], Field(min_length=1)]
+    timeframe: str = "1h"
+    model_dir: Path
+    entry_threshold: Annotated[float, Field(ge=0, le=1)] = 0.0
+    full_signal_return: Annotated[float, Field(gt=0, le=1)] = 0.002
+    allow_short: bool = False
+    rebalance_band: Annotated[float, Field(ge=0, le=1)] = 0.05
+    features: FeatureSettings = FeatureSettings()
+    model: ModelSettings = ModelSettings()
+    training: TrainingSettings = TrainingSettings()
+    risk: RiskSettings = RiskSettings()
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, value: str) -> str:
+        parse_timeframe(value)
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("symbols must not repeat")
+        return value
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @property
+    def bar_interval(self) -> timedelta:
+        """The timeframe as a timedelta."""
+        return parse_timeframe(self.timeframe)
+
+
+class AppConfig(_Section):
+    """The whole config.toml."""
+
+    daemon: DaemonConfig = DaemonConfig()
+    feed: ReplayFeedConfig
+    broker: SimBrokerConfig = SimBrokerConfig()
+    strategies: Annotated[list[StrategyConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AppConfig:
+        names = [s.name for s in self.strategies]
+        if len(set(names)) != len(names):
+            raise ValueError("strategy names must be unique")
+        owner: dict[str, str] = {}
+        for strategy in self.strategies:
+            for symbol in strategy.symbols:
+                if symbol in owner:
+                    raise ValueError(f"symbol {symbol} is traded by both {owner[symbol]} and {strategy.name}")
+                owner[symbol] = strategy.name
+                csv = self.feed.data_dir / f"{symbol}.csv"
+                if not csv.is_file():
+                    raise ValueError(f"strategy {strategy.name}: no data file {csv} for symbol {symbol}")
+        return self
+
+    def strategy(self, name: str | None) -> StrategyConfig:
+        """The named strategy, or the first when `name` is None."""
+        if name is None:
+            return self.strategies[0]
+        for strategy in self.strategies:
+            if strategy.name == name:
+                return strategy
+        raise ConfigError(
+            "strategies", f"no strategy named {name!r} (have {[s.name for s in self.strategies]})"
+        )
+
+    @property
+    def all_symbols(self) -> list[str]:
+        """Every traded symbol, strategy by strategy."""
+        return [symbol for strategy in self.strategies for symbol in strategy.symbols]
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "(top level)"
+
+
+def parse_config(data: dict[str, Any], base_dir: Path) -> AppConfig:
+    """Validate a parsed TOML document; relative paths resolve against `base_dir`."""
+    env_url = os.environ.get(DATABASE_URL_ENV)
+    if env_url:  # secrets (a PostgreSQL password) belong in the environment, not in config.toml
+        data = {**data, "daemon": {**data.get("daemon", {}), "database_url": env_url}}
+    try:
+        return AppConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        extra = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        reason = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            reason = "unknown key"
+        raise ConfigError(_key(tuple(first["loc"])), reason + extra) from exc
+
+
+def load_config(path: Path) -> AppConfig:
+    """Read and validate a config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "config file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    return parse_config(data, path.resolve().parent)

@@ -1,0 +1,196 @@
+"""Assembly and lifecycle: build the stages from config, restore the book, run, stop cleanly on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import torch
+from sqlalchemy.engine import make_url
+
+from bot.brokers import SimBroker
+from bot.config import AppConfig, StrategyConfig
+from bot.drift import DriftMonitor
+from bot.engine import Engine, EngineStats, StrategyRuntime
+from bot.errors import OperationalError
+from bot.features import FeatureEngine
+from bot.feeds import ReplayFeed
+from bot.journal import BookState, Journal
+from bot.logs import get_logger
+from bot.model import Predictor, check_compatible, latest_version, load_model, resolve_device
+from bot.orders import OrderStatus
+from bot.reports import BookStatus, book_status
+from bot.risk import RiskEngine, TradingStateTracker
+from bot.scheduler import SchedulerConfig, build_scheduler
+from bot.store import models as m
+from bot.store.db import make_engine, schema_is_current, session_factory, upgrade
+from bot.strategy import ForecastStrategy
+from bot.systemd import notify, watchdog_interval
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `run`/`backtest` report when they return."""
+
+    stats: EngineStats
+    status: BookStatus
+
+
+def config_digest(path: Path) -> str:
+    """sha256 of the config file, stored with each run."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def ensure_schema(url: str) -> None:
+    """SQLite (the embedded default) is migrated on start; PostgreSQL is an operator's step."""
+    engine = make_engine(url)
+    try:
+        if schema_is_current(engine):
+            return
+        if make_url(url).get_backend_name() != "sqlite":
+            raise OperationalError(
+                "database schema is not at the latest migration: run `paperbot db upgrade`"
+            )
+    finally:
+        engine.dispose()
+    upgrade(url)
+
+
+def build_runtime(strategy: StrategyConfig, device: torch.device, journal: Journal) -> StrategyRuntime:
+    """Load the newest model version and assemble one strategy's stages."""
+    loaded = load_model(latest_version(strategy.model_dir))
+    check_compatible(loaded.card, strategy)
+    features = FeatureEngine(strategy.features, strategy.model.window, strategy.symbols)
+    return StrategyRuntime(
+        config=strategy,
+        features=features,
+        predictor=Predictor(loaded, device),
+        strategy=ForecastStrategy(strategy),
+        risk=RiskEngine(strategy.risk),
+        tracker=TradingStateTracker(strategy.name, strategy.risk),
+        drift=DriftMonitor(strategy.name, loaded.card.target_scale),
+        model_version_id=journal.register_model(loaded.card, str(loaded.path)),
+    )
+
+
+async def run_daemon(
+    config: AppConfig,
+    *,
+    command: str,
+    config_path: Path,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    install_signals: bool = True,
+    stop_after_batches: int | None = None,
+) -> RunOutcome:
+    """`run` (the configured book, paced, resumable) or `backtest` (a new book, as fast as possible)."""
+    log = get_logger("paperbot.daemon")
+    backtest = command == "backtest"
+    ensure_schema(config.daemon.database_url)
+    db = make_engine(config.daemon.database_url)
+    sessions = session_factory(db)
+    torch.set_num_threads(config.daemon.torch_threads)
+    device = resolve_device(config.daemon.device)
+
+    book_name = f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}" if backtest else config.daemon.book
+    kind = m.BookKind.BACKTEST if backtest else m.BookKind.DAEMON
+    book_id = Journal.open_book(sessions, book_name, kind.value, config.broker.starting_cash)
+    journal = Journal(sessions, book_id)
+    runtimes = [build_runtime(s, device, journal) for s in config.strategies]
+    journal.start_run(command, config_digest(config_path))
+
+    start = start or config.feed.start
+    feed = ReplayFeed(
+        config.feed.data_dir,
+        {s: rt.config.bar_interval for rt in runtimes for s in rt.config.symbols},
+        speed=0.0 if backtest else config.feed.speed,
+        start=start,
+        end=end or config.feed.end,
+    )
+    broker = SimBroker(config.broker)
+    state = journal.load_state()
+    broker.restore(state.fills, [i for i, s in state.open_orders if s is not OrderStatus.NEW])
+    engine = Engine(
+        feed,
+        broker,
+        journal,
+        runtimes,
+        starting_cash=state.starting_cash,
+        on_batch=_stop_after(stop_after_batches) if stop_after_batches else None,
+    )
+    engine.restore(state)
+    await engine.warm_up(_warmup_points(state, feed, start))
+    await engine.reconcile(state)
+
+    async def snapshot() -> None:
+        if all(s in engine.marks for s in engine.ledger.positions()):
+            journal.record_equity(engine.equity_point(datetime.now(UTC)), m.SnapshotKind.PERIODIC)
+
+    async def ping() -> None:
+        notify("WATCHDOG=1")
+
+    scheduler = build_scheduler(
+        SchedulerConfig(config.daemon.equity_snapshot_seconds, watchdog_interval()), snapshot, ping
+    )
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, engine.stop)
+    if not backtest:
+        scheduler.start()
+    notify("READY=1")
+    log.info(
+        "started",
+        command=command,
+        book=book_name,
+        strategies=[rt.name for rt in runtimes],
+        device=str(device),
+        resume={s: ts.isoformat() for s, (ts, _) in state.last_bars.items()},
+    )
+    status = m.RunStatus.FAILED
+    message = None
+    try:
+        stats = await engine.run()
+        status = m.RunStatus.STOPPED if stats.stopped else m.RunStatus.COMPLETED
+    except BaseException as exc:
+        message = repr(exc)
+        raise
+    finally:
+        notify("STOPPING=1")
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        journal.finish_run(status, engine.stats.bars, message)
+        await feed.close()
+        await broker.close()
+        log.info("stopped", status=status.value, bars=engine.stats.bars, fills=engine.stats.fills)
+    try:
+        return RunOutcome(stats, book_status(sessions, book_id))
+    finally:
+        db.dispose()
+
+
+def _warmup_points(state: BookState, feed: ReplayFeed, start: datetime | None) -> dict[str, datetime]:
+    """Where each symbol's history ends: after its last handled bar, else at the replay start."""
+    points: dict[str, datetime] = {}
+    for symbol in feed.symbols:
+        if symbol in state.last_bars:
+            points[symbol] = state.last_bars[symbol][0] + timedelta(microseconds=1)
+        elif start is not None:
+            points[symbol] = start
+    return points
+
+
+def _stop_after(batches: int) -> Callable[[Engine], None]:
+    def check(engine: Engine) -> None:
+        if engine.stats.batches >= batches:
+            engine.stop()
+
+    return check

@@ -1,0 +1,482 @@
+"""The engine: one asyncio loop joining the stages of the bar path.
+
+Feed -> BarGuard -> broker market step (fills) -> marks, equity, trading state -> FeatureEngine ->
+Predictor (one batch per strategy) -> Strategy -> sizing + RiskEngine -> Journal (intent rows) -> Broker.
+
+Bars that close at the same instant form one batch and one database transaction. Backtest and live differ
+only in the feed and the broker they are given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+
+from bot.alerts import Alert, AlertKind, Severity
+from bot.bars import Bar, BarGuard
+from bot.brokers import Broker
+from bot.config import StrategyConfig
+from bot.drift import DriftMonitor
+from bot.errors import BrokerError
+from bot.features import FeatureEngine
+from bot.feeds import Feed
+from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
+from bot.ledger import Ledger
+from bot.logs import get_logger
+from bot.model import Prediction, Predictor
+from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, client_order_id, to_decimal
+from bot.risk import (
+    PortfolioView,
+    RiskDecision,
+    RiskEngine,
+    TradingState,
+    TradingStateTracker,
+    plan_order,
+)
+from bot.strategy import ForecastStrategy, Target
+
+_END = object()  # end-of-stream marker on the bar queue
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How long to wait for the rest of an instant's bars from a live feed before deciding."""
+
+    batch_linger_seconds: float = 0.25
+    warmup_max_days: int = 3650
+
+
+@dataclass
+class StrategyRuntime:
+    """One strategy's stages, assembled by the daemon."""
+
+    config: StrategyConfig
+    features: FeatureEngine
+    predictor: Predictor
+    strategy: ForecastStrategy
+    risk: RiskEngine
+    tracker: TradingStateTracker
+    drift: DriftMonitor
+    model_version_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The strategy's name."""
+        return self.config.name
+
+
+@dataclass
+class EngineStats:
+    """Counters for the run summary."""
+
+    batches: int = 0
+    bars: int = 0
+    rejected: int = 0
+    predictions: int = 0
+    orders: int = 0
+    fills: int = 0
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+    stopped: bool = False
+    halts: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """Runs the bar path until the feed ends or `stop()` is called."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        broker: Broker,
+        journal: Journal,
+        runtimes: Sequence[StrategyRuntime],
+        *,
+        starting_cash: Decimal,
+        config: EngineConfig | None = None,
+        on_batch: Callable[[Engine], None] | None = None,
+    ) -> None:
+        self._feed = feed
+        self._broker = broker
+        self._journal = journal
+        self._runtimes = list(runtimes)
+        self._config = config or EngineConfig()
+        self._on_batch = on_batch
+        self._owner = {s: rt for rt in self._runtimes for s in rt.config.symbols}
+        self._guard = BarGuard()
+        self.ledger = Ledger(starting_cash)
+        self.marks: dict[str, Decimal] = {}
+        self._pending: dict[str, OrderIntent] = {}
+        self._stop = asyncio.Event()
+        self.stats = EngineStats()
+        self._log = get_logger("paperbot.engine")
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from `run()`."""
+        self.stats.stopped = True
+        self._stop.set()
+
+    def restore(self, state: BookState) -> None:
+        """Continue a book: ledger from its fills, marks and guard from its last bars, states, open orders."""
+        for fill in state.fills:
+            self.ledger.apply(fill)
+        for symbol, (ts, close) in state.last_bars.items():
+            self.marks[symbol] = close
+            self._guard.seed(symbol, ts)
+        for rt in self._runtimes:
+            saved = state.trading_states.get(rt.name)
+            if saved is not None:
+                rt.tracker.state, rt.tracker.reason, rt.tracker.peak = saved[0], saved[1], saved[2]
+        self._pending = {intent.client_order_id: intent for intent, _ in state.open_orders}
+        self._feed.resume_from({s: ts for s, (ts, _) in state.last_bars.items()})
+
+    async def reconcile(self, state: BookState) -> None:
+        """Settle orders left NEW or UNKNOWN by a stop: send what never arrived, adopt what did."""
+        for intent, status in state.open_orders:
+            if status not in (OrderStatus.NEW, OrderStatus.UNKNOWN):
+                continue
+            known = await self._broker.order_by_client_id(intent.client_order_id)
+            if known is None:
+                await self._submit(intent)
+            else:
+                self._journal.update_order(known)
+
+    async def warm_up(self, before: dict[str, datetime]) -> None:
+        """Fill the feature windows from history so the first live bar can be decided on.
+
+        Bars pass a scratch guard exactly as they would have live, so the windows equal those of a run
+        that never stopped."""
+        scratch = BarGuard()
+        for rt in self._runtimes:
+            need = rt.features.warmup_bars
+            for symbol in rt.config.symbols:
+                end = before.get(symbol)
+                if end is None:
+                    continue
+                span = rt.config.bar_interval * need * 2
+                bars: list[Bar] = []
+                while True:
+                    bars = await self._feed.history(symbol, end - span, end)
+                    if len(bars) >= need or span > timedelta(days=self._config.warmup_max_days):
+                        break
+                    span *= 2
+                for bar in bars:
+                    if scratch.check(bar) is None:
+                        rt.features.update(bar)
+        self._log.info(
+            "warmed_up", symbols={s: rt.features.ready(s) for rt in self._runtimes for s in rt.config.symbols}
+        )
+
+    async def run(self) -> EngineStats:
+        """Consume the feed batch by batch until it ends or `stop()` is called."""
+        for problem in self._feed.drain_problems():
+            self._journal.record_alerts(
+                [
+                    Alert(
+                        datetime.now().astimezone(),
+                        Severity.WARNING,
+                        AlertKind.FEED_PROBLEM,
+                        problem.message,
+                        symbol=problem.symbol,
+                    )
+                ]
+            )
+        async for batch in self._batches():
+            await self.process_batch(batch)
+            if self._on_batch is not None:
+                self._on_batch(self)
+            if self._stop.is_set():
+                break
+        return self.stats
+
+    async def _batches(self) -> AsyncIterator[list[Bar]]:
+        """Group bars closing at the same instant; a live feed gets `batch_linger_seconds` to finish one."""
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=10_000)
+
+        async def produce() -> None:
+            try:
+                async for bar in self._feed.stream():
+                    await queue.put(bar)
+            finally:
+                await queue.put(_END)
+
+        producer = asyncio.create_task(produce(), name="feed")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        held: object = None
+        try:
+            while not self._stop.is_set():
+                item = held if held is not None else await self._next(queue, stopper, None)
+                held = None
+                if item is _END or item is None:
+                    break
+                assert isinstance(item, Bar)
+                batch = [item]
+                while True:
+                    nxt = await self._next(queue, stopper, self._config.batch_linger_seconds)
+                    if isinstance(nxt, Bar) and nxt.close_time == item.close_time:
+                        batch.append(nxt)
+                        continue
+                    held = nxt
+                    break
+                yield batch
+                if held is None and producer.done() and queue.empty():
+                    break
+        finally:
+            stopper.cancel()
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+            if producer.done() and not producer.cancelled() and producer.exception() is not None:
+                raise producer.exception()  # type: ignore[misc]
+
+    @staticmethod
+    async def _next(
+        queue: asyncio.Queue[object], stopper: asyncio.Task[bool], timeout: float | None
+    ) -> object:
+        """The next item, or None on timeout or stop."""
+        if not queue.empty():
+            return queue.get_nowait()
+        getter = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await getter
+        return None
+
+    # ---- one batch ------------------------------------------------------------------------------
+
+    async def process_batch(self, bars: Sequence[Bar]) -> None:
+        """Every stage, for the bars that closed at one instant."""
+        now = bars[0].close_time
+        record = BatchRecord(ts=now)
+        accepted: list[Bar] = []
+        for bar in bars:
+            rejection = self._guard.check(bar)
+            if rejection is None:
+                accepted.append(bar)
+                continue
+            self.stats.rejected += 1
+            owner = self._owner.get(bar.symbol)
+            record.alerts.append(
+                Alert(
+                    now,
+                    Severity.WARNING,
+                    AlertKind.BAR_REJECTED,
+                    f"bar rejected: {rejection.detail}",
+                    owner.name if owner else None,
+                    bar.symbol,
+                    {"reason": rejection.reason.value, "bar_ts": bar.ts.isoformat()},
+                )
+            )
+            self._log.warning(
+                "bar_rejected",
+                symbol=bar.symbol,
+                bar_ts=bar.ts.isoformat(),
+                reason=rejection.reason.value,
+                detail=rejection.detail,
+            )
+        accepted = [b for b in accepted if b.symbol in self._owner]
+        record.bars = accepted
+        record.timeframes = {b.symbol: self._owner[b.symbol].config.timeframe for b in accepted}
+
+        fills = await self._broker.on_bars(accepted)
+        self._apply_fills(fills, record)
+        for bar in accepted:
+            self.marks[bar.symbol] = to_decimal(bar.close)
+        equity = self.ledger.equity(self.marks)
+        for rt in self._runtimes:
+            change = rt.tracker.update(equity, now)
+            if change is not None:
+                self.stats.halts.append(f"{now.isoformat()} {change.scope}: {change.state} ({change.reason})")
+                record.alerts.append(
+                    Alert(
+                        now,
+                        Severity.CRITICAL,
+                        AlertKind.TRADING_STATE,
+                        f"{change.previous} -> {change.state}: {change.reason}",
+                        rt.name,
+                        None,
+                        {"state": change.state.value},
+                    )
+                )
+                self._log.warning(
+                    "trading_state", strategy=rt.name, state=change.state.value, reason=change.reason
+                )
+            record.trackers.append(rt.tracker)
+        peak = max((rt.tracker.peak for rt in self._runtimes if rt.tracker.peak is not None), default=equity)
+        record.equity = EquityPoint(now, self.ledger.cash, equity - self.ledger.cash, equity, peak)
+
+        intents: list[OrderIntent] = []
+        for rt in self._runtimes:
+            own = [b for b in accepted if b.symbol in rt.config.symbols]
+            if own:
+                intents.extend(self._decide(rt, own, equity, record))
+
+        self._journal.record_batch(record)
+        for intent in intents:
+            await self._submit(intent)
+        self.stats.batches += 1
+        self.stats.bars += len(accepted)
+        self.stats.first_ts = self.stats.first_ts or now
+        self.stats.last_ts = now
+
+    def _apply_fills(self, fills: Sequence[Fill], record: BatchRecord) -> None:
+        for fill in fills:
+            self.ledger.apply(fill)
+            self._pending.pop(fill.client_order_id, None)
+            self._log.info(
+                "fill",
+                strategy=fill.strategy,
+                symbol=fill.symbol,
+                side=fill.side.value,
+                qty=str(fill.qty),
+                price=str(fill.price),
+                commission=str(fill.commission),
+                ts=fill.ts.isoformat(),
+                client_order_id=fill.client_order_id,
+            )
+        self.stats.fills += len(fills)
+        record.fills = list(fills)
+        record.positions = [self.ledger.position(s) for s in sorted({f.symbol for f in fills})]
+
+    def _pending_qty(self) -> dict[str, Decimal]:
+        pending: dict[str, Decimal] = {}
+        for intent in self._pending.values():
+            pending[intent.symbol] = pending.get(intent.symbol, Decimal(0)) + intent.side.sign * intent.qty
+        return pending
+
+    def _decide(
+        self, rt: StrategyRuntime, bars: Sequence[Bar], equity: Decimal, record: BatchRecord
+    ) -> list[OrderIntent]:
+        ready: list[Bar] = []
+        for bar in bars:
+            # This bar's open-to-close return is what the previous prediction for the symbol was about.
+            realized = math.log(bar.close / bar.open)
+            record.alerts.extend(rt.drift.observe_outcome(bar.symbol, bar.close_time, realized))
+            if rt.features.update(bar):
+                ready.append(bar)
+            else:
+                self._log_decision(rt, bar)
+        if not ready:
+            return []
+        predicted = rt.predictor.predict(np.stack([rt.features.window(b.symbol) for b in ready]))
+        self.stats.predictions += len(ready)
+        positions = {s: p.qty for s, p in self.ledger.positions().items()}
+        intents = []
+        for bar, value in zip(ready, predicted.tolist(), strict=True):
+            prediction = Prediction(rt.name, bar.symbol, bar.ts, value, 1, rt.predictor.card.version)
+            rt.drift.observe_prediction(bar.symbol, bar.close_time, value)
+            target = rt.strategy.target(prediction)
+            record.predictions.append((target, rt.model_version_id))
+            view = PortfolioView(
+                equity,
+                self.ledger.cash,
+                positions,
+                self._pending_qty(),
+                self.marks,
+                rt.tracker.drawdown(equity),
+                rt.tracker.state,
+            )
+            request = plan_order(
+                target, view, self.marks[bar.symbol], rt.config.risk, rt.config.rebalance_band
+            )
+            if request is None:
+                self._log_decision(rt, bar, target)
+                continue
+            decision = rt.risk.evaluate(request, view)
+            intent = None
+            if decision.approved_qty > 0:
+                intent = OrderIntent(
+                    client_order_id(rt.name, bar.symbol, bar.ts),
+                    rt.name,
+                    bar.symbol,
+                    request.side,
+                    decision.approved_qty,
+                    bar.ts,
+                    request.price,
+                )
+                self._pending[intent.client_order_id] = intent
+                intents.append(intent)
+            record.decisions.append(Decision(decision, intent))
+            self._log_decision(rt, bar, target, decision, intent)
+        return intents
+
+    def _log_decision(
+        self,
+        rt: StrategyRuntime,
+        bar: Bar,
+        target: Target | None = None,
+        decision: RiskDecision | None = None,
+        intent: OrderIntent | None = None,
+    ) -> None:
+        """The one JSON line per bar: what the model said, what the strategy wanted, what risk allowed."""
+        self._log.info(
+            "decision",
+            strategy=rt.name,
+            symbol=bar.symbol,
+            bar_ts=bar.ts.isoformat(),
+            close=bar.close,
+            warming_up=target is None,
+            prediction=None if target is None else round(target.prediction.predicted_return, 8),
+            target_weight=None if target is None else round(target.weight, 4),
+            position=str(self.ledger.qty(bar.symbol)),
+            state=rt.tracker.state.value,
+            risk=None
+            if decision is None
+            else {
+                "outcome": decision.outcome.value,
+                "reason": decision.reason,
+                "requested": str(decision.request.qty),
+                "approved": str(decision.approved_qty),
+            },
+            order=None
+            if intent is None
+            else {
+                "side": intent.side.value,
+                "qty": str(intent.qty),
+                "client_order_id": intent.client_order_id,
+            },
+        )
+
+    async def _submit(self, intent: OrderIntent) -> None:
+        """Send one journaled intent. An error leaves it UNKNOWN (reconciled later), never re-sent blindly."""
+        try:
+            order = await self._broker.submit(intent)
+        except BrokerError as exc:
+            order = BrokerOrder(intent.client_order_id, None, OrderStatus.UNKNOWN, reason=str(exc))
+            self._journal.record_alerts(
+                [
+                    Alert(
+                        intent.bar_ts,
+                        Severity.WARNING,
+                        AlertKind.BROKER_ERROR,
+                        f"submit failed, order state unknown: {exc}",
+                        intent.strategy,
+                        intent.symbol,
+                    )
+                ]
+            )
+        if order.status is OrderStatus.REJECTED:
+            self._pending.pop(intent.client_order_id, None)
+        self._journal.update_order(order)
+        self.stats.orders += 1
+
+    def equity_point(self, ts: datetime) -> EquityPoint:
+        """The account marked at the last closes (periodic snapshots, status)."""
+        equity = self.ledger.equity(self.marks)
+        peak = max((rt.tracker.peak for rt in self._runtimes if rt.tracker.peak is not None), default=equity)
+        return EquityPoint(ts, self.ledger.cash, equity - self.ledger.cash, equity, peak)
+
+    @property
+    def trading_states(self) -> dict[str, TradingState]:
+        """State by strategy."""
+        return {rt.name: rt.tracker.state for rt in self._runtimes}

@@ -1,0 +1,7 @@
+"""The feature stage: incremental, finite-memory indicators shared by training and live trading."""
+
+from __future__ import annotations
+
+from bot.features.engine import FeatureEngine, SymbolFeatures, feature_matrix, feature_names
+
+__all__ = ["FeatureEngine", "SymbolFeatures", "feature_matrix", "feature_names"]

@@ -1,0 +1,250 @@
+"""Bars in, feature rows and model-ready windows out: the same code for training and for live trading."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TypeGuard
+
+import numpy as np
+import numpy.typing as npt
+
+from bot.bars import Bar
+from bot.config import FeatureSettings
+from bot.features.indicators import (
+    ClippedLogReturn,
+    CloseLocation,
+    CutlerRSI,
+    LogRange,
+    RealizedVolatility,
+    RollingZScore,
+)
+
+
+def feature_names(settings: FeatureSettings) -> tuple[str, ...]:
+    """The column names, in row order. Windows and lags are part of the names so that a model card can be
+    checked against the running config (return_clip is not: compare the whole FeatureSettings for that)."""
+    return (
+        *(f"ret_{lag}" for lag in settings.return_lags),
+        f"z_close_{settings.zscore_window}",
+        f"z_logvol_{settings.zscore_window}",
+        f"rsi_{settings.rsi_window}",
+        f"rvol_{settings.volatility_window}",
+        "log_range",
+        "close_loc",
+    )
+
+
+def _check_bar(bar: Bar, last_ts: datetime | None) -> None:
+    # Checked before any indicator moves: a bar refused half-way would leave the indicators out of step
+    # with one another, and the rows would stop being a function of the last `lookback` bars.
+    values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
+    if not all(math.isfinite(x) for x in values):
+        raise ValueError(f"{bar.symbol} {bar.ts.isoformat()}: NaN or infinite value in {values}")
+    if bar.low <= 0 or bar.close <= 0 or bar.high < bar.low or bar.volume < 0:
+        raise ValueError(
+            f"{bar.symbol} {bar.ts.isoformat()}: need 0 < low <= high, close > 0, volume >= 0; got {values}"
+        )
+    if last_ts is not None and bar.ts <= last_ts:
+        raise ValueError(
+            f"{bar.symbol} {bar.ts.isoformat()}: not after the previous bar at {last_ts.isoformat()}"
+        )
+
+
+def _all_warm(row: tuple[float | None, ...]) -> TypeGuard[tuple[float, ...]]:
+    return None not in row
+
+
+class SymbolFeatures:
+    """Every indicator for one symbol. `update(bar)` gives a row (in `feature_names` order) once all are
+    warm, and each row is a pure function of the last `lookback` bars, bit for bit."""
+
+    __slots__ = (
+        "_close_loc",
+        "_last_ts",
+        "_log_range",
+        "_lookback",
+        "_returns",
+        "_rsi",
+        "_rvol",
+        "_step",
+        "_symbol",
+        "_z_close",
+        "_z_logvol",
+    )
+
+    def __init__(self, settings: FeatureSettings) -> None:
+        limit = settings.return_clip
+        self._returns = tuple(ClippedLogReturn(lag, limit) for lag in settings.return_lags)
+        self._step = ClippedLogReturn(1, limit)  # the 1-bar return that RSI and volatility are fed
+        self._z_close = RollingZScore(settings.zscore_window)
+        self._z_logvol = RollingZScore(settings.zscore_window)
+        self._rsi = CutlerRSI(settings.rsi_window)
+        self._rvol = RealizedVolatility(settings.volatility_window)
+        self._log_range = LogRange(limit)
+        self._close_loc = CloseLocation()
+        self._symbol: str | None = None
+        self._last_ts: datetime | None = None
+        # An indicator needing b inputs, fed by one that is warm after a bars, gets its first input at
+        # bar a and so is warm after a + b - 1 bars.
+        self._lookback = max(
+            *(r.lookback for r in self._returns),
+            self._z_close.lookback,
+            self._z_logvol.lookback,
+            self._step.lookback + self._rsi.lookback - 1,
+            self._step.lookback + self._rvol.lookback - 1,
+            LogRange.lookback,
+            CloseLocation.lookback,
+        )
+
+    @property
+    def lookback(self) -> int:
+        """Bars needed before the first row; also how many bars each row depends on."""
+        return self._lookback
+
+    @property
+    def symbol(self) -> str | None:
+        """The symbol of the first bar seen; later bars must match it."""
+        return self._symbol
+
+    def update(self, bar: Bar) -> tuple[float, ...] | None:
+        """Take the next bar; return its feature row, or None until every indicator is warm.
+
+        ValueError, with no state changed, for a bad bar: another symbol, not strictly after the previous
+        bar, non-finite values, prices <= 0, high < low or volume < 0.
+        """
+        if self._symbol is not None and bar.symbol != self._symbol:
+            raise ValueError(f"these features are for {self._symbol}, got a bar for {bar.symbol}")
+        _check_bar(bar, self._last_ts)
+        self._symbol = bar.symbol
+        self._last_ts = bar.ts
+
+        close = bar.close
+        returns = [r.update(close) for r in self._returns]
+        step = self._step.update(close)
+        rsi = rvol = None
+        if step is not None:
+            rsi = self._rsi.update(step)
+            rvol = self._rvol.update(step)
+        z_close = self._z_close.update(close)
+        z_logvol = self._z_logvol.update(math.log1p(bar.volume))
+        log_range = self._log_range.update(bar)
+        close_loc = self._close_loc.update(bar)
+
+        row = (*returns, z_close, z_logvol, rsi, rvol, log_range, close_loc)
+        return row if _all_warm(row) else None
+
+
+class _SymbolState:
+    """One symbol's features and its ring buffer of the latest `window` rows."""
+
+    __slots__ = ("buffer", "features", "filled", "next")
+
+    def __init__(self, features: SymbolFeatures, window: int, width: int) -> None:
+        self.features = features
+        self.buffer: npt.NDArray[np.float32] = np.zeros((window, width), dtype=np.float32)
+        self.next = 0  # where the next row goes; once full, also the oldest row
+        self.filled = 0
+
+
+class FeatureEngine:
+    """Per-symbol features plus a ring buffer of the last `window` rows each, ready for the model.
+
+    O(n_features) per bar: a row is written in place, nothing is shifted; `window()` unrolls a copy.
+    """
+
+    def __init__(self, settings: FeatureSettings, window: int, symbols: Iterable[str]) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._names = feature_names(settings)
+        self._window = window
+        self._states: dict[str, _SymbolState] = {}
+        for symbol in symbols:
+            if symbol in self._states:
+                raise ValueError(f"symbol {symbol!r} given twice")
+            self._states[symbol] = _SymbolState(SymbolFeatures(settings), window, len(self._names))
+        self._lookback = SymbolFeatures(settings).lookback
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Feature names, the columns of every window."""
+        return self._names
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols this engine tracks."""
+        return tuple(self._states)
+
+    @property
+    def window_size(self) -> int:
+        """Rows per window."""
+        return self._window
+
+    @property
+    def lookback(self) -> int:
+        """Bars before the first feature row."""
+        return self._lookback
+
+    @property
+    def warmup_bars(self) -> int:
+        """Bars needed from a cold start until the first full window (lookback + window - 1)."""
+        return self._lookback + self._window - 1
+
+    def update(self, bar: Bar) -> bool:
+        """Take the next bar of its symbol; True when that symbol's window is full (ready to predict)."""
+        state = self._state(bar.symbol)
+        row = state.features.update(bar)
+        if row is None:
+            return False
+        state.buffer[state.next] = row
+        state.next = (state.next + 1) % self._window
+        if state.filled < self._window:
+            state.filled += 1
+        return state.filled == self._window
+
+    def ready(self, symbol: str) -> bool:
+        """True when `symbol` has a full window."""
+        return self._state(symbol).filled == self._window
+
+    def window(self, symbol: str) -> npt.NDArray[np.float32]:
+        """A copy of the latest window, oldest row first, shape (window_size, len(names)), float32.
+
+        ValueError while the window is not yet full.
+        """
+        state = self._state(symbol)
+        if state.filled < self._window:
+            raise ValueError(
+                f"{symbol}: window not full yet ({state.filled} of {self._window} rows; "
+                f"a cold start needs {self.warmup_bars} bars)"
+            )
+        return np.concatenate((state.buffer[state.next :], state.buffer[: state.next]))
+
+    def _state(self, symbol: str) -> _SymbolState:
+        try:
+            return self._states[symbol]
+        except KeyError:
+            raise KeyError(
+                f"unknown symbol {symbol!r}: this feature engine tracks {sorted(self._states)}"
+            ) from None
+
+
+def feature_matrix(bars: Sequence[Bar], settings: FeatureSettings) -> tuple[npt.NDArray[np.float64], int]:
+    """Run SymbolFeatures over one symbol's history: (rows, first), rows float64 of shape
+    (len(bars) - first, n_features), where rows[i] belongs to bars[first + i].
+
+    Indicators never go cold again once warm, so every bar from `first` on has a row. With too few bars,
+    rows is empty and first == len(bars). Training uses this so that its features come from the same
+    code as the live ones.
+    """
+    features = SymbolFeatures(settings)
+    width = len(feature_names(settings))
+    rows: list[tuple[float, ...]] = []
+    first = len(bars)
+    for i, bar in enumerate(bars):
+        row = features.update(bar)
+        if row is not None:
+            if not rows:
+                first = i
+            rows.append(row)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), width), first

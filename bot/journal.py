@@ -1,0 +1,374 @@
+"""The journal: everything the engine decides or learns, written to SQL, one transaction per bar batch.
+
+Order intents are written (status NEW) in the same transaction as the decision that made them, BEFORE they
+are sent; a restart finds them and reconciles instead of deciding again. The fills table is the ledger:
+cash and positions are always recomputable from it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.alerts import Alert
+from bot.bars import Bar
+from bot.ledger import Position
+from bot.model.card import ModelCard
+from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, to_decimal
+from bot.risk import RiskDecision, TradingState, TradingStateTracker
+from bot.store import models as m
+from bot.strategy import Target
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A risk decision and, when it approved a quantity, the intent it produced."""
+
+    decision: RiskDecision
+    intent: OrderIntent | None
+
+
+@dataclass(frozen=True, slots=True)
+class EquityPoint:
+    """Marked-to-market account value at one instant."""
+
+    ts: datetime
+    cash: Decimal
+    positions_value: Decimal
+    equity: Decimal
+    peak: Decimal
+
+
+@dataclass
+class BatchRecord:
+    """Everything one batch of bars (one close time) produced, written atomically."""
+
+    ts: datetime
+    bars: list[Bar] = field(default_factory=list)
+    timeframes: dict[str, str] = field(default_factory=dict)
+    fills: list[Fill] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+    predictions: list[tuple[Target, int | None]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    equity: EquityPoint | None = None
+    trackers: list[TradingStateTracker] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BookState:
+    """What a restart needs: the ledger, open orders, last bars and trading states."""
+
+    book_id: int
+    starting_cash: Decimal
+    fills: list[Fill]
+    open_orders: list[tuple[OrderIntent, OrderStatus]]
+    last_bars: dict[str, tuple[datetime, Decimal]]
+    trading_states: dict[str, tuple[TradingState, str | None, Decimal]]
+
+
+def fill_from_row(row: m.Fill) -> Fill:
+    """The domain fill of a fills row."""
+    return Fill(
+        row.broker_fill_id,
+        row.client_order_id,
+        row.strategy,
+        row.symbol,
+        Side(row.side),
+        row.qty,
+        row.price,
+        row.commission,
+        row.ts,
+    )
+
+
+class Journal:
+    """Repository for one book. All writes of a batch happen in one transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session], book_id: int, run_id: int | None = None) -> None:
+        self._sessions = sessions
+        self.book_id = book_id
+        self.run_id = run_id
+        self._order_ids: dict[str, int] = {}
+
+    # ---- books and runs -------------------------------------------------------------------------
+
+    @staticmethod
+    def open_book(sessions: sessionmaker[Session], name: str, kind: str, starting_cash: Decimal) -> int:
+        """The id of the named book, created on first use."""
+        with sessions.begin() as session:
+            book = session.scalar(select(m.Book).where(m.Book.name == name))
+            if book is None:
+                book = m.Book(name=name, kind=kind, starting_cash=money(starting_cash))
+                session.add(book)
+                session.flush()
+            return book.id
+
+    def start_run(self, command: str, config_sha256: str) -> int:
+        """Open a runs row; later writes are tagged with it."""
+        with self._sessions.begin() as session:
+            run = m.Run(
+                book_id=self.book_id,
+                command=command,
+                status=m.RunStatus.RUNNING.value,
+                config_sha256=config_sha256,
+            )
+            session.add(run)
+            session.flush()
+            self.run_id = run.id
+            return run.id
+
+    def finish_run(self, status: m.RunStatus, bars_processed: int, message: str | None = None) -> None:
+        """Close the runs row."""
+        with self._sessions.begin() as session:
+            run = session.get_one(m.Run, self.run_id)
+            run.status, run.bars_processed, run.message = status.value, bars_processed, message
+            run.ended_at = m.utcnow()
+
+    def register_model(self, card: ModelCard, path: str) -> int:
+        """The model_versions row of a card, created when first seen."""
+        with self._sessions.begin() as session:
+            row = session.scalar(
+                select(m.ModelVersion).where(
+                    m.ModelVersion.name == card.name, m.ModelVersion.version == card.version
+                )
+            )
+            if row is None:
+                row = m.ModelVersion(
+                    name=card.name,
+                    version=card.version,
+                    path=path,
+                    data_sha256=card.data_sha256,
+                    trained_from=datetime.fromisoformat(card.training_span["start"]),
+                    trained_to=datetime.fromisoformat(card.validation_span["end"]),
+                    card_json=card.to_json(),
+                )
+                session.add(row)
+                session.flush()
+            return row.id
+
+    # ---- restart --------------------------------------------------------------------------------
+
+    def load_state(self) -> BookState:
+        """Everything needed to continue exactly where the last run stopped."""
+        with self._sessions() as session:
+            book = session.get_one(m.Book, self.book_id)
+            fills = [
+                fill_from_row(r)
+                for r in session.scalars(
+                    select(m.Fill).where(m.Fill.book_id == self.book_id).order_by(m.Fill.id)
+                )
+            ]
+            open_orders = []
+            for row in session.scalars(
+                select(m.Order)
+                .where(
+                    m.Order.book_id == self.book_id,
+                    m.Order.status.in_([s.value for s in OrderStatus if s.is_open]),
+                )
+                .order_by(m.Order.id)
+            ):
+                self._order_ids[row.client_order_id] = row.id
+                intent = OrderIntent(
+                    row.client_order_id,
+                    row.strategy,
+                    row.symbol,
+                    Side(row.side),
+                    row.qty,
+                    row.bar_ts,
+                    row.avg_fill_price or Decimal(0),
+                )
+                open_orders.append((intent, OrderStatus(row.status)))
+            last_bars = {
+                r.symbol: (r.last_ts, r.last_close)
+                for r in session.scalars(select(m.MarketState).where(m.MarketState.book_id == self.book_id))
+            }
+            states = {
+                r.scope: (TradingState(r.state), r.reason, r.equity_peak)
+                for r in session.scalars(select(m.TradingState).where(m.TradingState.book_id == self.book_id))
+            }
+            return BookState(self.book_id, book.starting_cash, fills, open_orders, last_bars, states)
+
+    # ---- the bar path ---------------------------------------------------------------------------
+
+    def record_batch(self, batch: BatchRecord) -> None:
+        """Write one batch in one transaction."""
+        with self._sessions.begin() as session:
+            self._write_bars(session, batch)
+            self._write_fills(session, batch.fills)
+            for pos in batch.positions:  # a cache of the fills ledger, kept in the same transaction
+                session.merge(
+                    m.Position(
+                        book_id=self.book_id, symbol=pos.symbol, qty=pos.qty, avg_price=money(pos.avg_price)
+                    )
+                )
+            for target, model_version_id in batch.predictions:
+                p = target.prediction
+                session.add(
+                    m.Prediction(
+                        book_id=self.book_id,
+                        run_id=self.run_id,
+                        strategy=p.strategy,
+                        symbol=p.symbol,
+                        bar_ts=p.bar_ts,
+                        model_version_id=model_version_id,
+                        horizon=p.horizon,
+                        predicted_return=p.predicted_return,
+                        target_weight=target.weight,
+                    )
+                )
+            for item in batch.decisions:
+                self._write_decision(session, item)
+            self._write_alerts(session, batch.alerts)
+            if batch.equity is not None:
+                self._write_equity(session, batch.equity, m.SnapshotKind.BAR)
+            for tracker in batch.trackers:
+                self._write_tracker(session, tracker)
+
+    def _write_bars(self, session: Session, batch: BatchRecord) -> None:
+        for bar in batch.bars:
+            session.merge(
+                m.MarketState(
+                    book_id=self.book_id,
+                    symbol=bar.symbol,
+                    timeframe=batch.timeframes.get(bar.symbol, ""),
+                    last_ts=bar.ts,
+                    last_close=money(to_decimal(bar.close)),
+                )
+            )
+
+    def _write_fills(self, session: Session, fills: Sequence[Fill]) -> None:
+        if not fills:
+            return
+        for fill in fills:
+            order = session.scalar(select(m.Order).where(m.Order.client_order_id == fill.client_order_id))
+            if order is None:
+                raise LookupError(f"fill {fill.broker_fill_id} for unknown order {fill.client_order_id}")
+            filled = order.filled_qty + fill.qty
+            avg = ((order.avg_fill_price or Decimal(0)) * order.filled_qty + fill.price * fill.qty) / filled
+            order.filled_qty, order.avg_fill_price = filled, money(avg)
+            order.status = (OrderStatus.FILLED if filled >= order.qty else OrderStatus.PARTIALLY_FILLED).value
+            session.add(
+                m.Fill(
+                    book_id=self.book_id,
+                    order_id=order.id,
+                    client_order_id=fill.client_order_id,
+                    strategy=fill.strategy,
+                    symbol=fill.symbol,
+                    side=fill.side.value,
+                    qty=fill.qty,
+                    price=fill.price,
+                    commission=fill.commission,
+                    ts=fill.ts,
+                    broker_fill_id=fill.broker_fill_id,
+                )
+            )
+
+    def _write_decision(self, session: Session, item: Decision) -> None:
+        d = item.decision
+        row = m.RiskDecision(
+            book_id=self.book_id,
+            run_id=self.run_id,
+            strategy=d.request.strategy,
+            symbol=d.request.symbol,
+            bar_ts=d.request.bar_ts,
+            side=d.request.side.value,
+            requested_qty=d.request.qty,
+            approved_qty=d.approved_qty,
+            outcome=d.outcome.value,
+            reason=d.reason,
+            checks_json=d.checks_json(),
+        )
+        session.add(row)
+        session.flush()
+        if item.intent is not None:
+            i = item.intent
+            order = m.Order(
+                book_id=self.book_id,
+                run_id=self.run_id,
+                client_order_id=i.client_order_id,
+                strategy=i.strategy,
+                symbol=i.symbol,
+                side=i.side.value,
+                qty=i.qty,
+                bar_ts=i.bar_ts,
+                status=OrderStatus.NEW.value,
+                risk_decision_id=row.id,
+            )
+            session.add(order)
+            session.flush()
+            self._order_ids[i.client_order_id] = order.id
+
+    def _write_alerts(self, session: Session, alerts: Iterable[Alert]) -> None:
+        for a in alerts:
+            session.add(
+                m.Alert(
+                    book_id=self.book_id,
+                    ts=a.ts,
+                    severity=a.severity.value,
+                    kind=a.kind.value,
+                    strategy=a.strategy,
+                    symbol=a.symbol,
+                    message=a.message,
+                    details_json=json.dumps(a.details, default=str) if a.details else None,
+                )
+            )
+
+    def _write_equity(self, session: Session, point: EquityPoint, kind: m.SnapshotKind) -> None:
+        session.add(
+            m.EquitySnapshot(
+                book_id=self.book_id,
+                ts=point.ts,
+                cash=money(point.cash),
+                positions_value=money(point.positions_value),
+                equity=money(point.equity),
+                peak_equity=money(point.peak),
+                kind=kind.value,
+            )
+        )
+
+    def _write_tracker(self, session: Session, tracker: TradingStateTracker) -> None:
+        session.merge(
+            m.TradingState(
+                book_id=self.book_id,
+                scope=tracker.scope,
+                state=tracker.state.value,
+                reason=tracker.reason,
+                equity_peak=money(tracker.peak or Decimal(0)),
+            )
+        )
+
+    def record_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Alerts outside a batch (start-up, reconciliation)."""
+        if alerts:
+            with self._sessions.begin() as session:
+                self._write_alerts(session, alerts)
+
+    def record_equity(self, point: EquityPoint, kind: m.SnapshotKind) -> None:
+        """A snapshot outside a batch (the periodic job)."""
+        with self._sessions.begin() as session:
+            self._write_equity(session, point, kind)
+
+    def record_trading_state(self, tracker: TradingStateTracker, alert: Alert | None) -> None:
+        """Persist an operator's halt or resume."""
+        with self._sessions.begin() as session:
+            self._write_tracker(session, tracker)
+            if alert is not None:
+                self._write_alerts(session, [alert])
+
+    def update_order(self, order: BrokerOrder) -> None:
+        """The broker's answer to a submission or a reconciliation query."""
+        with self._sessions.begin() as session:
+            row = session.scalar(select(m.Order).where(m.Order.client_order_id == order.client_order_id))
+            if row is None:
+                raise LookupError(f"no journaled order {order.client_order_id}")
+            # A fill recorded in the batch already moved the row further than the submit answer.
+            if row.status not in (OrderStatus.FILLED.value, OrderStatus.PARTIALLY_FILLED.value):
+                row.status = order.status.value
+            row.broker_order_id = order.broker_order_id or row.broker_order_id
+            row.reason = order.reason or row.reason

@@ -1,0 +1,57 @@
+"""`paperbot train`: pick the span, load the bars, fit, and write a new version under model_dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bot.bars import Bar, BarGuard
+from bot.config import AppConfig
+from bot.feeds import load_csv
+from bot.model.registry import next_version, save_model
+from bot.model.training import train_model
+
+
+def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, list[Bar]]:
+    """The strategy's bars in its training span, through the same guard the daemon uses.
+
+    The span ends where the replay starts unless [strategies.training] end says otherwise, so that the
+    default `run` trades only on bars the model never saw."""
+    strategy = config.strategy(strategy_name)
+    start = strategy.training.start
+    end = strategy.training.end or config.feed.start
+    result: dict[str, list[Bar]] = {}
+    for symbol in strategy.symbols:
+        bars, _ = load_csv(config.feed.data_dir / f"{symbol}.csv", symbol, strategy.bar_interval)
+        guard = BarGuard()
+        result[symbol] = [
+            b
+            for b in bars
+            if (start is None or b.ts >= start) and (end is None or b.ts < end) and guard.check(b) is None
+        ]
+    return result
+
+
+def train_strategy(config: AppConfig, strategy_name: str | None, log: Any) -> Path:
+    """Train and save; returns the new version folder."""
+    strategy = config.strategy(strategy_name)
+    bars = training_bars(config, strategy_name)
+    log.info(
+        "training",
+        strategy=strategy.name,
+        symbols={s: len(b) for s, b in bars.items()},
+        start=min(b[0].ts for b in bars.values() if b).isoformat(),
+        end=max(b[-1].ts for b in bars.values() if b).isoformat(),
+    )
+    version = next_version(strategy.model_dir)
+    result = train_model(bars, strategy, version=version, progress=lambda p: log.info("epoch", **p))
+    folder = save_model(strategy.model_dir, result.network, result.card)
+    log.info(
+        "trained",
+        strategy=strategy.name,
+        version=version,
+        path=str(folder),
+        metrics=result.card.metrics,
+        baselines=result.card.baselines,
+    )
+    return folder

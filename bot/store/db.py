@@ -1,0 +1,108 @@
+"""Engines, sessions and schema migrations for SQLite (single host, WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+import bot
+
+MIGRATIONS_DIR = Path(bot.__file__).resolve().parent.parent / "migrations"
+"""The Alembic script directory (env.py, versions/) at the repository root."""
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+"""How long a SQLite writer waits for another writer's lock before failing with 'database is locked'."""
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Pragmas are per connection, so they must run on every new pooled connection, not once per file.
+    # WAL lets the report/CLI read while the daemon writes; NORMAL is durable across process crashes in
+    # WAL mode (only an OS crash can lose the last commits); SQLite leaves foreign keys off by default.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL, or None for in-memory and `file:` URI databases."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def make_engine(url: str) -> Engine:
+    """An Engine for `url`, configured for the daemon's needs on each backend.
+
+    SQLite: creates the file's parent folder if missing and sets WAL, synchronous=NORMAL, foreign keys
+    and a busy timeout on every connection. PostgreSQL (and others): pings pooled connections before use
+    so a database restart costs a reconnect instead of an error in the trading loop.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_file(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine`; objects stay readable after commit (the loop keeps using them)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic Config for `url` without an ini file.
+
+    The URL travels in `config.attributes`, not in the ini-style options, because ConfigParser would
+    treat a '%' in it (URL-encoded passwords, `options=-csearch_path%3D...`) as interpolation.
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at `url` forward to `revision` (default: the latest)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at `url` back to `revision` ("base" removes every table)."""
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revisions() -> tuple[str, ...]:
+    """The latest revision(s) in `migrations/versions` (one unless branches were left unmerged)."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return tuple(script.get_heads())
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database is at the latest migration, so the daemon may start writing to it."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_heads()
+    return set(current) == set(head_revisions())

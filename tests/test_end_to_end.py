@@ -1,0 +1,163 @@
+"""The whole bar path on real bars that are not the bundled ones: train, backtest, books balance, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import CRYPTO_DATA, cli_json, copy_data, write_crypto_project
+from sqlalchemy import select
+
+from bot.cli import main
+from bot.config import load_config
+from bot.daemon import run_daemon
+from bot.store import models as m
+from bot.store.db import make_engine, session_factory, upgrade
+
+
+@pytest.fixture(scope="module")
+def crypto_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train once per module (`paperbot train`) on the bars before the replay start."""
+    root = tmp_path_factory.mktemp("model")
+    model_dir = root / "models" / "lstm-crypto"
+    config = write_crypto_project(root, f"sqlite:///{root / 'unused.sqlite'}", model_dir)
+    assert main(["-c", str(config), "train"]) == 0
+    assert (model_dir / "0001" / "model.pt").is_file()
+    return model_dir
+
+
+def last_closes(data_dir: Path) -> dict[str, Decimal]:
+    closes = {}
+    for path in data_dir.glob("*.csv"):
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle))
+        closes[path.stem] = Decimal(rows[-1]["close"])
+    return closes
+
+
+def test_backtest_books_balance(
+    db_url: str, crypto_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_crypto_project(tmp_path, db_url, crypto_model)
+    upgrade(db_url)
+    assert main(["-c", str(config), "backtest"]) == 0
+
+    trades: Any = cli_json(capsys, config, "trades")
+    status: Any = cli_json(capsys, config, "status")
+    assert len(trades) > 20, "the model should trade on two pairs over 6 days of 5m bars"
+    for key in ("ts", "strategy", "symbol", "side", "qty", "price", "commission", "client_order_id"):
+        assert key in trades[0]
+    assert [t["ts"] for t in trades] == sorted(t["ts"] for t in trades)  # newest last
+
+    sign = {"buy": 1, "sell": -1}
+    cash = Decimal(status["starting_cash"])
+    positions: dict[str, Decimal] = {}
+    for t in trades:
+        qty, price = Decimal(t["qty"]), Decimal(t["price"])
+        cash += -sign[t["side"]] * qty * price - Decimal(t["commission"])
+        positions[t["symbol"]] = positions.get(t["symbol"], Decimal(0)) + sign[t["side"]] * qty
+    assert Decimal(status["cash"]) == cash
+    assert {s: Decimal(q) for s, q in status["positions"].items()} == {s: q for s, q in positions.items() if q}
+    closes = last_closes(CRYPTO_DATA)
+    marked = cash + sum((q * closes[s] for s, q in positions.items()), Decimal(0))
+    assert Decimal(status["equity"]) == marked
+    assert status["trading_state"] == "ACTIVE"
+    assert set(status["last_bar"]) == {"ETH-BTC", "LTC-BTC"}
+    assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")
+
+    # No look-ahead in execution: every fill is at the open of a bar after the decision bar.
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            for order, fill in session.execute(
+                select(m.Order, m.Fill).join(m.Fill, m.Fill.order_id == m.Order.id)
+            ):
+                assert fill.ts > order.bar_ts
+                assert order.status == "filled"
+    finally:
+        engine.dispose()
+
+
+def _fills(db_url: str) -> list[tuple[Any, ...]]:
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.scalars(select(m.Fill).order_by(m.Fill.ts, m.Fill.symbol))
+            return [(f.ts, f.symbol, f.side, f.qty, f.price, f.commission, f.client_order_id) for f in rows]
+    finally:
+        engine.dispose()
+
+
+def test_restart_gives_the_same_fills(crypto_model: Path, tmp_path: Path) -> None:
+    """Stop twice mid-run and continue: the fills equal those of a run that was never stopped."""
+    straight_url = f"sqlite:///{tmp_path / 'straight.sqlite'}"
+    stopped_url = f"sqlite:///{tmp_path / 'stopped.sqlite'}"
+    straight = load_config(write_crypto_project(tmp_path / "a", straight_url, crypto_model))
+    stopped_path = write_crypto_project(tmp_path / "b", stopped_url, crypto_model)
+    stopped = load_config(stopped_path)
+
+    outcome = asyncio.run(
+        run_daemon(straight, command="run", config_path=tmp_path / "a", install_signals=False)
+    )
+    assert not outcome.stats.stopped
+    for stop_after in (250, 600, None):
+        outcome = asyncio.run(
+            run_daemon(stopped, command="run", config_path=stopped_path, install_signals=False,
+                       stop_after_batches=stop_after)
+        )
+        assert outcome.stats.stopped == (stop_after is not None)
+
+    expected, got = _fills(straight_url), _fills(stopped_url)
+    assert len(expected) > 20
+    assert got == expected
+
+
+def test_malformed_bars_are_rejected_and_alerted(
+    crypto_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = copy_data(tmp_path / "data")
+    path = data / "ETH-BTC.csv"
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("2018-01-26T12:00"))
+    bad = {
+        start: lines[start].split(",")[0] + ",nan,0.1,0.09,0.095,10",
+        start + 1: lines[start + 1].split(",")[0] + ",0.095,0.09,0.1,0.095,10",  # high < low
+        start + 2: lines[start + 2].split(",")[0] + ",-1,0.1,0.09,0.095,10",
+    }
+    for index, line in bad.items():
+        lines[index] = line
+    lines.insert(start + 4, lines[start + 3])  # duplicate timestamp
+    lines.insert(start + 6, lines[start - 10])  # out of order
+    lines.insert(start + 8, "not-a-time,1,1,1,1,1")
+    path.write_text("\n".join(lines) + "\n")
+
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = write_crypto_project(tmp_path, db_url, crypto_model, data_dir=data)
+    assert main(["-c", str(config), "backtest"]) == 0
+    alerts: Any = cli_json(capsys, config, "alerts")
+    reasons = sorted(
+        a["details"].get("reason", a["kind"])
+        for a in alerts
+        if a["symbol"] == "ETH-BTC" and a["kind"] in ("bar_rejected", "feed_problem")
+    )
+    assert reasons == [
+        "duplicate_timestamp", "feed_problem", "high_below_low", "non_positive_price", "not_finite",
+        "out_of_order",
+    ]
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            damaged = [datetime.fromisoformat(a["details"]["bar_ts"]) for a in alerts
+                       if a["details"].get("reason") in ("not_finite", "high_below_low", "non_positive_price")]
+            assert len(damaged) == 3
+            for table in (m.Prediction, m.Order):  # nothing was predicted or ordered on a damaged bar
+                rows = session.scalars(select(table).where(table.symbol == "ETH-BTC", table.bar_ts.in_(damaged)))
+                assert list(rows) == []
+            assert session.scalar(select(m.Prediction).where(m.Prediction.symbol == "ETH-BTC")) is not None
+    finally:
+        engine.dispose()

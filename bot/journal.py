@@ -11,8 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.alerts import Alert
@@ -94,7 +96,24 @@ class Journal:
         self._sessions = sessions
         self.book_id = book_id
         self.run_id = run_id
-        self._order_ids: dict[str, int] = {}
+        self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+    def _upsert(self, session: Session, model: type[m.Base], rows: list[dict[str, Any]]) -> None:
+        """INSERT .. ON CONFLICT (primary key) DO UPDATE on SQLite and PostgreSQL.
+
+        Built once per table and column set: building `excluded` costs more than the write itself."""
+        if not rows:
+            return
+        table = model.__table__
+        name = session.get_bind().dialect.name
+        key = (name, model.__tablename__, tuple(rows[0]))
+        stmt = self._upserts.get(key)
+        if stmt is None:
+            insert_ = (postgresql if name == "postgresql" else sqlite).insert(table)
+            keys = [c.name for c in table.primary_key]
+            updates = {c: insert_.excluded[c] for c in rows[0] if c not in keys}
+            stmt = self._upserts[key] = insert_.on_conflict_do_update(index_elements=keys, set_=updates)
+        session.execute(stmt, rows)
 
     # ---- books and runs -------------------------------------------------------------------------
 
@@ -173,7 +192,6 @@ class Journal:
                 )
                 .order_by(m.Order.id)
             ):
-                self._order_ids[row.client_order_id] = row.id
                 intent = OrderIntent(
                     row.client_order_id,
                     row.strategy,
@@ -199,48 +217,59 @@ class Journal:
     def record_batch(self, batch: BatchRecord) -> None:
         """Write one batch in one transaction."""
         with self._sessions.begin() as session:
-            self._write_bars(session, batch)
             self._write_fills(session, batch.fills)
-            for pos in batch.positions:  # a cache of the fills ledger, kept in the same transaction
-                session.merge(
-                    m.Position(
-                        book_id=self.book_id, symbol=pos.symbol, qty=pos.qty, avg_price=money(pos.avg_price)
-                    )
-                )
-            for target, model_version_id in batch.predictions:
-                p = target.prediction
-                session.add(
-                    m.Prediction(
-                        book_id=self.book_id,
-                        run_id=self.run_id,
-                        strategy=p.strategy,
-                        symbol=p.symbol,
-                        bar_ts=p.bar_ts,
-                        model_version_id=model_version_id,
-                        horizon=p.horizon,
-                        predicted_return=p.predicted_return,
-                        target_weight=target.weight,
-                    )
+            # positions and market_state are caches of the fills and the bars, kept in the same transaction.
+            self._upsert(
+                session,
+                m.Position,
+                [
+                    {
+                        "book_id": self.book_id,
+                        "symbol": p.symbol,
+                        "qty": p.qty,
+                        "avg_price": money(p.avg_price),
+                    }
+                    for p in batch.positions
+                ],
+            )
+            self._upsert(
+                session,
+                m.MarketState,
+                [
+                    {
+                        "book_id": self.book_id,
+                        "symbol": bar.symbol,
+                        "timeframe": batch.timeframes.get(bar.symbol, ""),
+                        "last_ts": bar.ts,
+                        "last_close": money(to_decimal(bar.close)),
+                    }
+                    for bar in batch.bars
+                ],
+            )
+            if batch.predictions:
+                session.execute(
+                    insert(m.Prediction),
+                    [
+                        {
+                            "book_id": self.book_id,
+                            "run_id": self.run_id,
+                            "strategy": t.prediction.strategy,
+                            "symbol": t.prediction.symbol,
+                            "bar_ts": t.prediction.bar_ts,
+                            "model_version_id": version_id,
+                            "horizon": t.prediction.horizon,
+                            "predicted_return": t.prediction.predicted_return,
+                            "target_weight": t.weight,
+                        }
+                        for t, version_id in batch.predictions
+                    ],
                 )
             for item in batch.decisions:
                 self._write_decision(session, item)
             self._write_alerts(session, batch.alerts)
             if batch.equity is not None:
                 self._write_equity(session, batch.equity, m.SnapshotKind.BAR)
-            for tracker in batch.trackers:
-                self._write_tracker(session, tracker)
-
-    def _write_bars(self, session: Session, batch: BatchRecord) -> None:
-        for bar in batch.bars:
-            session.merge(
-                m.MarketState(
-                    book_id=self.book_id,
-                    symbol=bar.symbol,
-                    timeframe=batch.timeframes.get(bar.symbol, ""),
-                    last_ts=bar.ts,
-                    last_close=money(to_decimal(bar.close)),
-                )
-            )
+            self._write_trackers(session, batch.trackers)
 
     def _write_fills(self, session: Session, fills: Sequence[Fill]) -> None:
         if not fills:
@@ -302,7 +331,6 @@ class Journal:
             )
             session.add(order)
             session.flush()
-            self._order_ids[i.client_order_id] = order.id
 
     def _write_alerts(self, session: Session, alerts: Iterable[Alert]) -> None:
         for a in alerts:
@@ -332,15 +360,21 @@ class Journal:
             )
         )
 
-    def _write_tracker(self, session: Session, tracker: TradingStateTracker) -> None:
-        session.merge(
-            m.TradingState(
-                book_id=self.book_id,
-                scope=tracker.scope,
-                state=tracker.state.value,
-                reason=tracker.reason,
-                equity_peak=money(tracker.peak or Decimal(0)),
-            )
+    def _write_trackers(self, session: Session, trackers: Sequence[TradingStateTracker]) -> None:
+        self._upsert(
+            session,
+            m.TradingState,
+            [
+                {
+                    "book_id": self.book_id,
+                    "scope": t.scope,
+                    "state": t.state.value,
+                    "reason": t.reason,
+                    "equity_peak": money(t.peak or Decimal(0)),
+                    "updated_at": m.utcnow(),
+                }
+                for t in trackers
+            ],
         )
 
     def record_alerts(self, alerts: Sequence[Alert]) -> None:
@@ -357,7 +391,7 @@ class Journal:
     def record_trading_state(self, tracker: TradingStateTracker, alert: Alert | None) -> None:
         """Persist an operator's halt or resume."""
         with self._sessions.begin() as session:
-            self._write_tracker(session, tracker)
+            self._write_trackers(session, [tracker])
             if alert is not None:
                 self._write_alerts(session, [alert])
 

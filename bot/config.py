@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.bars import parse_timeframe, utc
 from bot.errors import ConfigError
@@ -53,7 +54,10 @@ class DaemonConfig(_Section):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str, info: ValidationInfo) -> str:
-        url = make_url(value)  # raises ArgumentError with a clear message on garbage
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:  # not a ValueError: pydantic would not report it with the key
+            raise ValueError(str(exc)) from exc
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             url = url.set(database=str(_resolve(Path(url.database), info)))
         return url.render_as_string(hide_password=False)
@@ -207,22 +211,6 @@ class AppConfig(_Section):
     broker: SimBrokerConfig = SimBrokerConfig()
     strategies: Annotated[list[StrategyConfig], Field(min_length=1)]
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> AppConfig:
-        names = [s.name for s in self.strategies]
-        if len(set(names)) != len(names):
-            raise ValueError("strategy names must be unique")
-        owner: dict[str, str] = {}
-        for strategy in self.strategies:
-            for symbol in strategy.symbols:
-                if symbol in owner:
-                    raise ValueError(f"symbol {symbol} is traded by both {owner[symbol]} and {strategy.name}")
-                owner[symbol] = strategy.name
-                csv = self.feed.data_dir / f"{symbol}.csv"
-                if not csv.is_file():
-                    raise ValueError(f"strategy {strategy.name}: no data file {csv} for symbol {symbol}")
-        return self
-
     def strategy(self, name: str | None) -> StrategyConfig:
         """The named strategy, or the first when `name` is None."""
         if name is None:
@@ -240,6 +228,23 @@ class AppConfig(_Section):
         return [symbol for strategy in self.strategies for symbol in strategy.symbols]
 
 
+def _cross_check(config: AppConfig) -> None:
+    """Checks that span sections; each names the exact key at fault."""
+    owner: dict[str, str] = {}
+    for i, strategy in enumerate(config.strategies):
+        if strategy.name in [s.name for s in config.strategies[:i]]:
+            raise ConfigError(f"strategies[{i}].name", f"{strategy.name!r} is used by another strategy")
+        for symbol in strategy.symbols:
+            if symbol in owner:
+                raise ConfigError(
+                    f"strategies[{i}].symbols", f"{symbol} is already traded by strategy {owner[symbol]}"
+                )
+            owner[symbol] = strategy.name
+            csv = config.feed.data_dir / f"{symbol}.csv"
+            if not csv.is_file():
+                raise ConfigError(f"strategies[{i}].symbols", f"no data file {csv} for {symbol}")
+
+
 def _key(loc: tuple[int | str, ...]) -> str:
     key = ""
     for part in loc:
@@ -253,7 +258,7 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AppConfig:
     if env_url:  # secrets (a PostgreSQL password) belong in the environment, not in config.toml
         data = {**data, "daemon": {**data.get("daemon", {}), "database_url": env_url}}
     try:
-        return AppConfig.model_validate(data, context={"base_dir": base_dir})
+        config = AppConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         first = exc.errors()[0]
         extra = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
@@ -261,6 +266,8 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AppConfig:
         if first["type"] == "extra_forbidden":
             reason = "unknown key"
         raise ConfigError(_key(tuple(first["loc"])), reason + extra) from exc
+    _cross_check(config)
+    return config
 
 
 def load_config(path: Path) -> AppConfig:

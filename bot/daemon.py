@@ -17,12 +17,12 @@ from bot.brokers import SimBroker
 from bot.config import AppConfig, StrategyConfig
 from bot.drift import DriftMonitor
 from bot.engine import Engine, EngineStats, StrategyRuntime
-from bot.errors import OperationalError
+from bot.errors import ConfigError, ModelError, OperationalError
 from bot.features import FeatureEngine
 from bot.feeds import ReplayFeed
 from bot.journal import BookState, Journal
 from bot.logs import get_logger
-from bot.model import Predictor, check_compatible, latest_version, load_model, resolve_device
+from bot.model import LoadedModel, Predictor, check_compatible, latest_version, load_model, resolve_device
 from bot.orders import OrderStatus
 from bot.reports import BookStatus, book_status
 from bot.risk import RiskEngine, TradingStateTracker
@@ -61,14 +61,23 @@ def ensure_schema(url: str) -> None:
     upgrade(url)
 
 
-def build_runtime(strategy: StrategyConfig, device: torch.device, journal: Journal) -> StrategyRuntime:
-    """Load the newest model version and assemble one strategy's stages."""
-    loaded = load_model(latest_version(strategy.model_dir))
-    check_compatible(loaded.card, strategy)
-    features = FeatureEngine(strategy.features, strategy.model.window, strategy.symbols)
+def load_strategy_model(index: int, strategy: StrategyConfig) -> LoadedModel:
+    """The newest model version of a strategy, checked against its config; errors name the key."""
+    try:
+        loaded = load_model(latest_version(strategy.model_dir))
+        check_compatible(loaded.card, strategy)
+    except ModelError as exc:
+        raise ConfigError(f"strategies[{index}].model_dir", str(exc)) from exc
+    return loaded
+
+
+def build_runtime(
+    strategy: StrategyConfig, loaded: LoadedModel, device: torch.device, journal: Journal
+) -> StrategyRuntime:
+    """Assemble one strategy's stages around its model."""
     return StrategyRuntime(
         config=strategy,
-        features=features,
+        features=FeatureEngine(strategy.features, strategy.model.window, strategy.symbols),
         predictor=Predictor(loaded, device),
         strategy=ForecastStrategy(strategy),
         risk=RiskEngine(strategy.risk),
@@ -88,44 +97,62 @@ async def run_daemon(
     install_signals: bool = True,
     stop_after_batches: int | None = None,
 ) -> RunOutcome:
-    """`run` (the configured book, paced, resumable) or `backtest` (a new book, as fast as possible)."""
-    log = get_logger("paperbot.daemon")
-    backtest = command == "backtest"
-    ensure_schema(config.daemon.database_url)
-    db = make_engine(config.daemon.database_url)
-    sessions = session_factory(db)
+    """`run` (the configured book, paced, resumable) or `backtest` (a new book, as fast as possible).
+
+    Everything that can refuse the start (models, device) is checked before the database is touched."""
     torch.set_num_threads(config.daemon.torch_threads)
     device = resolve_device(config.daemon.device)
+    models = [load_strategy_model(i, s) for i, s in enumerate(config.strategies)]
+    ensure_schema(config.daemon.database_url)
+    db = make_engine(config.daemon.database_url)
+    try:
+        backtest = command == "backtest"
+        sessions = session_factory(db)
+        book_name = f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}" if backtest else config.daemon.book
+        kind = m.BookKind.BACKTEST if backtest else m.BookKind.DAEMON
+        journal = Journal(
+            sessions, Journal.open_book(sessions, book_name, kind.value, config.broker.starting_cash)
+        )
+        runtimes = [
+            build_runtime(s, loaded, device, journal)
+            for s, loaded in zip(config.strategies, models, strict=True)
+        ]
+        journal.start_run(command, config_digest(config_path))
+        start = start or config.feed.start
+        feed = ReplayFeed(
+            config.feed.data_dir,
+            {s: rt.config.bar_interval for rt in runtimes for s in rt.config.symbols},
+            speed=0.0 if backtest else config.feed.speed,
+            start=start,
+            end=end or config.feed.end,
+        )
+        broker = SimBroker(config.broker)
+        state = journal.load_state()
+        broker.restore(state.fills, [i for i, s in state.open_orders if s is not OrderStatus.NEW])
+        engine = Engine(
+            feed,
+            broker,
+            journal,
+            runtimes,
+            starting_cash=state.starting_cash,
+            on_batch=_stop_after(stop_after_batches) if stop_after_batches else None,
+        )
+        engine.restore(state)
+        await engine.warm_up(_warmup_points(state, feed, start))
+        await engine.reconcile(state)
+        stats = await _serve(engine, journal, config, book_name, live=not backtest, signals=install_signals)
+        await feed.close()
+        await broker.close()
+        return RunOutcome(stats, book_status(sessions, journal.book_id))
+    finally:
+        db.dispose()
 
-    book_name = f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}" if backtest else config.daemon.book
-    kind = m.BookKind.BACKTEST if backtest else m.BookKind.DAEMON
-    book_id = Journal.open_book(sessions, book_name, kind.value, config.broker.starting_cash)
-    journal = Journal(sessions, book_id)
-    runtimes = [build_runtime(s, device, journal) for s in config.strategies]
-    journal.start_run(command, config_digest(config_path))
 
-    start = start or config.feed.start
-    feed = ReplayFeed(
-        config.feed.data_dir,
-        {s: rt.config.bar_interval for rt in runtimes for s in rt.config.symbols},
-        speed=0.0 if backtest else config.feed.speed,
-        start=start,
-        end=end or config.feed.end,
-    )
-    broker = SimBroker(config.broker)
-    state = journal.load_state()
-    broker.restore(state.fills, [i for i, s in state.open_orders if s is not OrderStatus.NEW])
-    engine = Engine(
-        feed,
-        broker,
-        journal,
-        runtimes,
-        starting_cash=state.starting_cash,
-        on_batch=_stop_after(stop_after_batches) if stop_after_batches else None,
-    )
-    engine.restore(state)
-    await engine.warm_up(_warmup_points(state, feed, start))
-    await engine.reconcile(state)
+async def _serve(
+    engine: Engine, journal: Journal, config: AppConfig, book: str, *, live: bool, signals: bool
+) -> EngineStats:
+    """Run the engine with the scheduler and signal handlers around it; record how the run ended."""
+    log = get_logger("paperbot.daemon")
 
     async def snapshot() -> None:
         if all(s in engine.marks for s in engine.ledger.positions()):
@@ -138,25 +165,18 @@ async def run_daemon(
         SchedulerConfig(config.daemon.equity_snapshot_seconds, watchdog_interval()), snapshot, ping
     )
     loop = asyncio.get_running_loop()
-    if install_signals:
+    if signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, engine.stop)
-    if not backtest:
+    if live:  # wall-clock snapshots mean nothing in a backtest that runs as fast as it can
         scheduler.start()
     notify("READY=1")
-    log.info(
-        "started",
-        command=command,
-        book=book_name,
-        strategies=[rt.name for rt in runtimes],
-        device=str(device),
-        resume={s: ts.isoformat() for s, (ts, _) in state.last_bars.items()},
-    )
-    status = m.RunStatus.FAILED
-    message = None
+    log.info("started", book=book, strategies=list(engine.trading_states), live=live)
+    status, message = m.RunStatus.FAILED, None
     try:
         stats = await engine.run()
         status = m.RunStatus.STOPPED if stats.stopped else m.RunStatus.COMPLETED
+        return stats
     except BaseException as exc:
         message = repr(exc)
         raise
@@ -164,17 +184,11 @@ async def run_daemon(
         notify("STOPPING=1")
         if scheduler.running:
             scheduler.shutdown(wait=False)
-        if install_signals:
+        if signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         journal.finish_run(status, engine.stats.bars, message)
-        await feed.close()
-        await broker.close()
         log.info("stopped", status=status.value, bars=engine.stats.bars, fills=engine.stats.fills)
-    try:
-        return RunOutcome(stats, book_status(sessions, book_id))
-    finally:
-        db.dispose()
 
 
 def _warmup_points(state: BookState, feed: ReplayFeed, start: datetime | None) -> dict[str, datetime]:

@@ -23,6 +23,7 @@ kind = "replay"
 data_dir = "{data_dir}"
 speed = {speed}
 start = "2018-01-25T00:00:00Z"
+{feed_extra}
 
 [broker]
 kind = "sim"
@@ -67,13 +68,21 @@ lot_size = 0.01
 
 
 def write_crypto_project(
-    root: Path, db_url: str, model_dir: Path, *, data_dir: Path = CRYPTO_DATA, speed: float = 0
+    root: Path,
+    db_url: str,
+    model_dir: Path,
+    *,
+    data_dir: Path = CRYPTO_DATA,
+    speed: float = 0,
+    feed_extra: str = "",
 ) -> Path:
     """A config.toml for two crypto pairs that are not the bundled data; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
     config.write_text(
-        CRYPTO_CONFIG.format(db_url=db_url, data_dir=data_dir, model_dir=model_dir, speed=speed),
+        CRYPTO_CONFIG.format(
+            db_url=db_url, data_dir=data_dir, model_dir=model_dir, speed=speed, feed_extra=feed_extra
+        ),
         encoding="utf-8",
     )
     return config

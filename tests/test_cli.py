@@ -1,0 +1,179 @@
+"""The CLI as a user meets it: config errors stop the start naming the key, the daemon stops cleanly on a
+signal and continues afterwards, reports come in every format."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, cli_json, write_crypto_project
+
+from bot.cli import main
+
+TRAINED = REPO / "models" / "lstm-equities"
+MODEL_LINE = f'model_dir = "{TRAINED}"'
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = f"""
+[daemon]
+database_url = "sqlite:///db.sqlite"
+[feed]
+kind = "replay"
+data_dir = "{REPO / "data" / "equities-1h"}"
+start = "2021-03-01T00:00:00Z"
+[[strategies]]
+name = "s"
+symbols = ["SPY"]
+{MODEL_LINE}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        (("[feed]", "[feed]\nfrequency = 3"), "feed.frequency", "unknown key"),
+        (('kind = "replay"', 'kind = "kafka"'), "feed.kind", "replay"),
+        (
+            ("[[strategies]]", "[[strategies]]\nmax_drawdown = 0.1"),
+            "strategies[0].max_drawdown",
+            "unknown key",
+        ),
+        (('symbols = ["SPY"]', 'symbols = ["SPY", "NOPE"]'), "strategies[0].symbols", "NOPE.csv"),
+        (("equities-1h", "equities-9h"), "feed.data_dir", "does not exist"),
+        (
+            (MODEL_LINE, MODEL_LINE + "\n[strategies.risk]\nmax_drawdown = 1.5"),
+            "strategies[0].risk.max_drawdown",
+            "less than 1",
+        ),
+        (('name = "s"', 'name = "s"\ntimeframe = "1y"'), "strategies[0].timeframe", "1y"),
+        (("[daemon]", '[daemon]\ndevice = "tpu"'), "daemon.device", "auto"),
+        (("sqlite:///db.sqlite", "not a url"), "daemon.database_url", "parse"),
+    ],
+)
+def test_bad_config_stops_the_start_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], key: str, reason: str
+) -> None:
+    config = _config(tmp_path, GOOD.replace(*change))
+    assert main(["-c", str(config), "run"]) == 2
+    err = capsys.readouterr().err
+    assert f"config error at {key}:" in err
+    assert reason in err
+    assert not (tmp_path / "db.sqlite").exists(), "nothing may start, or trade, on a bad config"
+
+
+def test_missing_config_file_and_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(tmp_path / "nope.toml"), "status"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+    config = _config(tmp_path, GOOD.replace(str(TRAINED), str(tmp_path / "no-model")))
+    assert main(["-c", str(config), "backtest"]) == 2
+    err = capsys.readouterr().err
+    assert "config error at strategies[0].model_dir" in err
+    assert "paperbot train" in err
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_model_that_does_not_match_the_config_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, GOOD.replace(MODEL_LINE, MODEL_LINE + "\n[strategies.model]\nwindow = 16"))
+    assert main(["-c", str(config), "run"]) == 2
+    assert "window 32 != config strategies.model.window 16" in capsys.readouterr().err
+
+
+def test_reports_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, GOOD.replace('symbols = ["SPY"]', 'symbols = ["SPY", "AAPL", "IBM"]'))
+    assert main(["-c", str(config), "backtest", "--end", "2021-03-20"]) == 0
+    capsys.readouterr()
+    trades = cli_json(capsys, config, "trades")
+    assert isinstance(trades, list)
+    assert main(["-c", str(config), "trades", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ts,strategy,symbol,side,qty,price,commission,client_order_id"
+    assert len(lines) == len(trades) + 1
+    assert main(["-c", str(config), "trades"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == [
+        "ts",
+        "strategy",
+        "symbol",
+        "side",
+        "qty",
+        "price",
+        "commission",
+        "client_order_id",
+    ]
+    status = cli_json(capsys, config, "status")
+    assert isinstance(status, dict)
+    assert {"cash", "equity", "positions", "trading_state", "last_bar"} <= set(status)
+    assert status["last_bar"]["SPY"] == "2021-03-19T19:00:00+00:00"  # after the DST change
+    assert status["last_run"]["status"] == "completed"
+    assert isinstance(cli_json(capsys, config, "alerts"), list)
+    assert main(["-c", str(config), "status"]) == 0
+    assert "trading state   ACTIVE" in capsys.readouterr().out
+
+
+def _paperbot(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "-c", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_stops_cleanly_on_a_signal_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: signal.Signals
+) -> None:
+    model_dir = tmp_path / "models" / "lstm-crypto"
+    config = write_crypto_project(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", model_dir, speed=6000)
+    assert main(["-c", str(config), "train"]) == 0
+    capsys.readouterr()
+
+    proc = _paperbot(config, "run")
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    decisions = 0
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "decision" and not event["warming_up"]:
+            decisions += 1
+            if decisions == 10:
+                break
+        assert time.monotonic() < deadline, "no decisions streamed"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "book            paper" in err  # the one-screen summary
+
+    status = cli_json(capsys, config, "status")
+    assert isinstance(status, dict)
+    assert status["last_run"]["status"] == "stopped"
+    stopped_at = status["last_bar"]["ETH-BTC"]
+    assert stopped_at < "2018-01-30"
+
+    # Started again, it continues from the last processed bar and runs to the end of the data.
+    config.write_text(config.read_text().replace("speed = 6000", "speed = 0"))
+    proc = _paperbot(config, "run")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    first = next(json.loads(x) for x in out.splitlines() if '"decision"' in x)
+    assert first["bar_ts"] > stopped_at
+    status = cli_json(capsys, config, "status")
+    assert isinstance(status, dict)
+    assert status["last_run"]["status"] == "completed"
+    assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")

@@ -56,8 +56,8 @@ class DaemonConfig(_Section):
     def _database_url(cls, value: str, info: ValidationInfo) -> str:
         try:
             url = make_url(value)
-        except ArgumentError as exc:  # not a ValueError: pydantic would not report it with the key
-            raise ValueError(str(exc)) from exc
+        except ArgumentError:  # its message repeats the URL, which may hold a password: say less
+            raise ValueError("cannot parse it as a SQLAlchemy URL (dialect+driver://user@host/db)") from None
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             url = url.set(database=str(_resolve(Path(url.database), info)))
         return url.render_as_string(hide_password=False)

@@ -59,7 +59,7 @@ symbols = ["SPY"]
         ),
         (('name = "s"', 'name = "s"\ntimeframe = "1y"'), "strategies[0].timeframe", "1y"),
         (("[daemon]", '[daemon]\ndevice = "tpu"'), "daemon.device", "auto"),
-        (("sqlite:///db.sqlite", "not a url"), "daemon.database_url", "parse"),
+        (("sqlite:///db.sqlite", "not a url:s3cret"), "daemon.database_url", "cannot parse"),
     ],
 )
 def test_bad_config_stops_the_start_naming_the_key(
@@ -70,6 +70,7 @@ def test_bad_config_stops_the_start_naming_the_key(
     err = capsys.readouterr().err
     assert f"config error at {key}:" in err
     assert reason in err
+    assert "s3cret" not in err
     assert not (tmp_path / "db.sqlite").exists(), "nothing may start, or trade, on a bad config"
 
 

@@ -62,7 +62,9 @@ def test_backtest_books_balance(
         cash += -sign[t["side"]] * qty * price - Decimal(t["commission"])
         positions[t["symbol"]] = positions.get(t["symbol"], Decimal(0)) + sign[t["side"]] * qty
     assert Decimal(status["cash"]) == cash
-    assert {s: Decimal(q) for s, q in status["positions"].items()} == {s: q for s, q in positions.items() if q}
+    assert {s: Decimal(q) for s, q in status["positions"].items()} == {
+        s: q for s, q in positions.items() if q
+    }
     closes = last_closes(CRYPTO_DATA)
     marked = cash + sum((q * closes[s] for s, q in positions.items()), Decimal(0))
     assert Decimal(status["equity"]) == marked
@@ -107,8 +109,13 @@ def test_restart_gives_the_same_fills(crypto_model: Path, tmp_path: Path) -> Non
     assert not outcome.stats.stopped
     for stop_after in (250, 600, None):
         outcome = asyncio.run(
-            run_daemon(stopped, command="run", config_path=stopped_path, install_signals=False,
-                       stop_after_batches=stop_after)
+            run_daemon(
+                stopped,
+                command="run",
+                config_path=stopped_path,
+                install_signals=False,
+                stop_after_batches=stop_after,
+            )
         )
         assert outcome.stats.stopped == (stop_after is not None)
 
@@ -146,17 +153,26 @@ def test_malformed_bars_are_rejected_and_alerted(
         if a["symbol"] == "ETH-BTC" and a["kind"] in ("bar_rejected", "feed_problem")
     )
     assert reasons == [
-        "duplicate_timestamp", "feed_problem", "high_below_low", "non_positive_price", "not_finite",
+        "duplicate_timestamp",
+        "feed_problem",
+        "high_below_low",
+        "non_positive_price",
+        "not_finite",
         "out_of_order",
     ]
     engine = make_engine(db_url)
     try:
         with session_factory(engine)() as session:
-            damaged = [datetime.fromisoformat(a["details"]["bar_ts"]) for a in alerts
-                       if a["details"].get("reason") in ("not_finite", "high_below_low", "non_positive_price")]
+            damaged = [
+                datetime.fromisoformat(a["details"]["bar_ts"])
+                for a in alerts
+                if a["details"].get("reason") in ("not_finite", "high_below_low", "non_positive_price")
+            ]
             assert len(damaged) == 3
             for table in (m.Prediction, m.Order):  # nothing was predicted or ordered on a damaged bar
-                rows = session.scalars(select(table).where(table.symbol == "ETH-BTC", table.bar_ts.in_(damaged)))
+                rows = session.scalars(
+                    select(table).where(table.symbol == "ETH-BTC", table.bar_ts.in_(damaged))
+                )
                 assert list(rows) == []
             assert session.scalar(select(m.Prediction).where(m.Prediction.symbol == "ETH-BTC")) is not None
     finally:

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-_TIMEFRAME = re.compile(r"^(\d+)(m|h|d)$")
+_TIMEFRAME = re.compile(r"(\d+)(m|h|d)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 
 def parse_timeframe(text: str) -> timedelta:
     """'1m', '5m', '1h', '1d' -> timedelta; ValueError on anything else."""
-    match = _TIMEFRAME.match(text)
+    match = _TIMEFRAME.fullmatch(text)
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"timeframe {text!r} is not like '1m', '5m', '1h' or '1d'")
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

@@ -240,11 +240,6 @@ def test_parse_timeframe_bad(text: str) -> None:
         parse_timeframe(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bot/bars.py _TIMEFRAME uses `$`, which also matches before a trailing newline, "
-    "so parse_timeframe('1h\\n') returns 1 hour instead of raising ValueError (use re.fullmatch or \\Z)",
-)
 def test_parse_timeframe_rejects_trailing_newline() -> None:
     with pytest.raises(ValueError, match="is not like"):
         parse_timeframe("1h\n")

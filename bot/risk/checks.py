@@ -73,9 +73,11 @@ class RiskDecision:
 
 
 def _abs_limit_qty(current: Decimal, sign: int, limit_abs: Decimal) -> Decimal:
-    """Largest q >= 0 with |current + sign*q| <= max(limit_abs, |current|): reducing is always allowed."""
-    bound = max(limit_abs, abs(current))
-    return max(Decimal(0), bound - sign * current)
+    """Largest q >= 0 such that the new position is within `limit_abs`, or is a reduction of `current`:
+    an order against the position may close it and open at most `limit_abs` on the other side."""
+    if sign * current < 0:
+        return abs(current) + limit_abs
+    return max(Decimal(0), limit_abs - abs(current))
 
 
 Check = Callable[[OrderRequest, Decimal, PortfolioView], tuple[Decimal, str]]
@@ -97,9 +99,16 @@ class RiskEngine:
 
     def evaluate(self, request: OrderRequest, view: PortfolioView) -> RiskDecision:
         """Apply every check in order; a deny stops the chain (nothing is left to size)."""
-        qty = request.qty
         results: list[CheckResult] = []
         reason: str | None = None
+        qty = floor_lots(request.qty, self._risk.lot_size)
+        if qty < request.qty:  # sizing already rounds; this catches a request from anywhere else
+            lots = f"whole lots of {self._risk.lot_size}"
+            if qty <= 0:
+                results.append(CheckResult("lot_size", CheckOutcome.DENY, qty, lots))
+                return RiskDecision(request, Decimal(0), RiskOutcome.DENIED, "lot_size", tuple(results))
+            results.append(CheckResult("lot_size", CheckOutcome.RESIZE, qty, lots))
+            reason = "lot_size"
         for code, check in self._checks:
             allowed, detail = check(request, qty, view)
             allowed = floor_lots(min(qty, allowed), self._risk.lot_size)
@@ -130,9 +139,11 @@ class RiskEngine:
 
     def _max_drawdown(self, request: OrderRequest, qty: Decimal, view: PortfolioView) -> tuple[Decimal, str]:
         detail = f"drawdown {view.drawdown:.2%} vs limit {self._risk.max_drawdown:.2%}"
-        if view.drawdown >= self._risk.max_drawdown and self._increases(request, view):
+        if view.drawdown < self._risk.max_drawdown:
+            return qty, detail
+        if self._increases(request, view):
             return Decimal(0), detail
-        return qty, detail
+        return abs(view.exposure(request.symbol)), detail + ": at most down to flat"
 
     def _max_position(self, request: OrderRequest, qty: Decimal, view: PortfolioView) -> tuple[Decimal, str]:
         limit_notional = view.equity * Decimal(repr(self._risk.max_position_fraction))

@@ -17,7 +17,8 @@ def floor_lots(qty: Decimal, lot: Decimal) -> Decimal:
     """Largest multiple of `lot` not above `qty` (qty >= 0)."""
     if qty <= 0:
         return Decimal(0)
-    return (qty / lot).to_integral_value(rounding=ROUND_FLOOR) * lot
+    # quantize: keep the lot's exponent, so 100 shares print as "100", never "1E+2"
+    return ((qty / lot).to_integral_value(rounding=ROUND_FLOOR) * lot).quantize(lot)
 
 
 @dataclass(frozen=True, slots=True)

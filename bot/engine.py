@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
@@ -81,10 +81,7 @@ class EngineStats:
     predictions: int = 0
     orders: int = 0
     fills: int = 0
-    first_ts: datetime | None = None
-    last_ts: datetime | None = None
     stopped: bool = False
-    halts: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -161,7 +158,6 @@ class Engine:
                 if end is None:
                     continue
                 span = rt.config.bar_interval * need * 2
-                bars: list[Bar] = []
                 while True:
                     bars = await self._feed.history(symbol, end - span, end)
                     if len(bars) >= need or span > timedelta(days=self._config.warmup_max_days):
@@ -176,18 +172,13 @@ class Engine:
 
     async def run(self) -> EngineStats:
         """Consume the feed batch by batch until it ends or `stop()` is called."""
-        for problem in self._feed.drain_problems():
-            self._journal.record_alerts(
-                [
-                    Alert(
-                        datetime.now().astimezone(),
-                        Severity.WARNING,
-                        AlertKind.FEED_PROBLEM,
-                        problem.message,
-                        symbol=problem.symbol,
-                    )
-                ]
-            )
+        now = datetime.now(UTC)
+        self._journal.record_alerts(
+            [
+                Alert(now, Severity.WARNING, AlertKind.FEED_PROBLEM, p.message, symbol=p.symbol)
+                for p in self._feed.drain_problems()
+            ]
+        )
         async for batch in self._batches():
             await self.process_batch(batch)
             if self._on_batch is not None:
@@ -225,9 +216,10 @@ class Engine:
                         continue
                     held = nxt
                     break
-                yield batch
-                if held is None and producer.done() and queue.empty():
+                if self._stop.is_set():
+                    # The instant may be incomplete: leave all of it to the next run, which replays it whole.
                     break
+                yield batch
         finally:
             stopper.cancel()
             producer.cancel()
@@ -296,7 +288,6 @@ class Engine:
         for rt in self._runtimes:
             change = rt.tracker.update(equity, now)
             if change is not None:
-                self.stats.halts.append(f"{now.isoformat()} {change.scope}: {change.state} ({change.reason})")
                 record.alerts.append(
                     Alert(
                         now,
@@ -312,8 +303,7 @@ class Engine:
                     "trading_state", strategy=rt.name, state=change.state.value, reason=change.reason
                 )
             record.trackers.append(rt.tracker)
-        peak = max((rt.tracker.peak for rt in self._runtimes if rt.tracker.peak is not None), default=equity)
-        record.equity = EquityPoint(now, self.ledger.cash, equity - self.ledger.cash, equity, peak)
+        record.equity = self.equity_point(now)
 
         intents: list[OrderIntent] = []
         for rt in self._runtimes:
@@ -326,8 +316,6 @@ class Engine:
             await self._submit(intent)
         self.stats.batches += 1
         self.stats.bars += len(accepted)
-        self.stats.first_ts = self.stats.first_ts or now
-        self.stats.last_ts = now
 
     def _apply_fills(self, fills: Sequence[Fill], record: BatchRecord) -> None:
         for fill in fills:

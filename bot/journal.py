@@ -272,8 +272,6 @@ class Journal:
             self._write_trackers(session, batch.trackers)
 
     def _write_fills(self, session: Session, fills: Sequence[Fill]) -> None:
-        if not fills:
-            return
         for fill in fills:
             order = session.scalar(select(m.Order).where(m.Order.client_order_id == fill.client_order_id))
             if order is None:
@@ -387,13 +385,6 @@ class Journal:
         """A snapshot outside a batch (the periodic job)."""
         with self._sessions.begin() as session:
             self._write_equity(session, point, kind)
-
-    def record_trading_state(self, tracker: TradingStateTracker, alert: Alert | None) -> None:
-        """Persist an operator's halt or resume."""
-        with self._sessions.begin() as session:
-            self._write_trackers(session, [tracker])
-            if alert is not None:
-                self._write_alerts(session, [alert])
 
     def update_order(self, order: BrokerOrder) -> None:
         """The broker's answer to a submission or a reconciliation query."""

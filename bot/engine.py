@@ -30,7 +30,7 @@ from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
 from bot.ledger import Ledger
 from bot.logs import get_logger
 from bot.model import Prediction, Predictor
-from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, client_order_id, to_decimal
+from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, client_order_id, stored, to_decimal
 from bot.risk import (
     PortfolioView,
     RiskDecision,
@@ -283,8 +283,8 @@ class Engine:
         fills = await self._broker.on_bars(accepted)
         self._apply_fills(fills, record)
         for bar in accepted:
-            self.marks[bar.symbol] = to_decimal(bar.close)
-        equity = self.ledger.equity(self.marks)
+            self.marks[bar.symbol] = stored(to_decimal(bar.close))
+        equity = self.equity_point(now).equity
         for rt in self._runtimes:
             change = rt.tracker.update(equity, now)
             if change is not None:
@@ -459,10 +459,13 @@ class Engine:
         self.stats.orders += 1
 
     def equity_point(self, ts: datetime) -> EquityPoint:
-        """The account marked at the last closes (periodic snapshots, status)."""
-        equity = self.ledger.equity(self.marks)
+        """The account marked at the last closes, at stored precision: equity is exactly cash + positions
+        value as the snapshot row will hold them, and the drawdown is measured on that same number."""
+        cash = stored(self.ledger.cash)
+        value = stored(self.ledger.positions_value(self.marks))
+        equity = cash + value
         peak = max((rt.tracker.peak for rt in self._runtimes if rt.tracker.peak is not None), default=equity)
-        return EquityPoint(ts, self.ledger.cash, equity - self.ledger.cash, equity, peak)
+        return EquityPoint(ts, cash, value, equity, peak)
 
     @property
     def trading_states(self) -> dict[str, TradingState]:

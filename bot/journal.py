@@ -21,7 +21,7 @@ from bot.alerts import Alert
 from bot.bars import Bar
 from bot.ledger import Position
 from bot.model.card import ModelCard
-from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, to_decimal
+from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, stored, to_decimal
 from bot.risk import RiskDecision, TradingState, TradingStateTracker
 from bot.store import models as m
 from bot.strategy import Target
@@ -241,7 +241,7 @@ class Journal:
                         "symbol": bar.symbol,
                         "timeframe": batch.timeframes.get(bar.symbol, ""),
                         "last_ts": bar.ts,
-                        "last_close": money(to_decimal(bar.close)),
+                        "last_close": stored(to_decimal(bar.close)),
                     }
                     for bar in batch.bars
                 ],
@@ -350,10 +350,10 @@ class Journal:
             m.EquitySnapshot(
                 book_id=self.book_id,
                 ts=point.ts,
-                cash=money(point.cash),
-                positions_value=money(point.positions_value),
-                equity=money(point.equity),
-                peak_equity=money(point.peak),
+                cash=point.cash,
+                positions_value=point.positions_value,
+                equity=point.equity,
+                peak_equity=point.peak,
                 kind=kind.value,
             )
         )
@@ -368,7 +368,7 @@ class Journal:
                     "scope": t.scope,
                     "state": t.state.value,
                     "reason": t.reason,
-                    "equity_peak": money(t.peak or Decimal(0)),
+                    "equity_peak": t.peak or Decimal(0),
                     "updated_at": m.utcnow(),
                 }
                 for t in trackers

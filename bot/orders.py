@@ -18,6 +18,15 @@ def money(value: Decimal) -> Decimal:
     return value.quantize(MONEY_PLACES)
 
 
+STORED_PLACES = Decimal("1e-10")  # the schema's NUMERIC(30, 10)
+
+
+def stored(value: Decimal) -> Decimal:
+    """Round to what the database keeps. State the engine decides on (marks, equity, peaks) is kept at this
+    precision, so a restart from the database continues with exactly the same numbers."""
+    return value.quantize(STORED_PLACES)
+
+
 def to_decimal(value: float) -> Decimal:
     """A float price as the decimal it was written as (the shortest repr that round-trips)."""
     return Decimal(repr(value))

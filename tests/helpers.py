@@ -16,7 +16,7 @@ CRYPTO_DATA = TESTS / "data" / "crypto-5m"
 CRYPTO_CONFIG = """
 [daemon]
 database_url = "{db_url}"
-equity_snapshot_seconds = 3600
+equity_snapshot_seconds = {snapshot_seconds}
 
 [feed]
 kind = "replay"
@@ -59,7 +59,7 @@ batch_size = 128
 seed = 3
 
 [strategies.risk]
-max_drawdown = 0.5
+max_drawdown = {max_drawdown}
 max_position_fraction = 0.4
 max_gross_exposure = 1.0
 max_order_notional = 60
@@ -75,13 +75,21 @@ def write_crypto_project(
     data_dir: Path = CRYPTO_DATA,
     speed: float = 0,
     feed_extra: str = "",
+    max_drawdown: float = 0.5,
+    snapshot_seconds: float = 3600,
 ) -> Path:
     """A config.toml for two crypto pairs that are not the bundled data; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
     config.write_text(
         CRYPTO_CONFIG.format(
-            db_url=db_url, data_dir=data_dir, model_dir=model_dir, speed=speed, feed_extra=feed_extra
+            db_url=db_url,
+            data_dir=data_dir,
+            model_dir=model_dir,
+            speed=speed,
+            feed_extra=feed_extra,
+            max_drawdown=max_drawdown,
+            snapshot_seconds=snapshot_seconds,
         ),
         encoding="utf-8",
     )

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, cli_json, write_crypto_project
+from sqlalchemy import select
 
 from bot.cli import main
+from bot.store import models as m
+from bot.store.db import make_engine, session_factory
 
 TRAINED = REPO / "models" / "lstm-equities"
 MODEL_LINE = f'model_dir = "{TRAINED}"'
@@ -141,19 +144,20 @@ def test_daemon_stops_cleanly_on_a_signal_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: signal.Signals
 ) -> None:
     model_dir = tmp_path / "models" / "lstm-crypto"
-    config = write_crypto_project(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", model_dir, speed=6000)
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = write_crypto_project(tmp_path, db_url, model_dir, speed=6000, snapshot_seconds=0.5)
     assert main(["-c", str(config), "train"]) == 0
     capsys.readouterr()
 
     proc = _paperbot(config, "run")
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
-    decisions = 0
-    for line in proc.stdout:
+    first: float | None = None
+    for line in proc.stdout:  # stream for 2 s: several periodic snapshot intervals
         event = json.loads(line)
         if event.get("event") == "decision" and not event["warming_up"]:
-            decisions += 1
-            if decisions == 10:
+            first = first or time.monotonic()
+            if time.monotonic() - first > 2:
                 break
         assert time.monotonic() < deadline, "no decisions streamed"
     proc.send_signal(sig)
@@ -165,6 +169,13 @@ def test_daemon_stops_cleanly_on_a_signal_and_resumes(
     assert isinstance(status, dict)
     assert status["last_run"]["status"] == "stopped"
     stopped_at = status["last_bar"]["ETH-BTC"]
+    engine = make_engine(db_url)
+    try:  # the scheduler's equity-snapshot job ran on the wall clock beside the per-bar snapshots
+        with session_factory(engine)() as session:
+            kinds = set(session.scalars(select(m.EquitySnapshot.kind)))
+        assert kinds == {"bar", "periodic"}
+    finally:
+        engine.dispose()
     assert stopped_at < "2018-01-30"
 
     # Started again, it continues from the last processed bar and runs to the end of the data.

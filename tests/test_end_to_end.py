@@ -177,3 +177,49 @@ def test_malformed_bars_are_rejected_and_alerted(
             assert session.scalar(select(m.Prediction).where(m.Prediction.symbol == "ETH-BTC")) is not None
     finally:
         engine.dispose()
+
+
+def test_drawdown_halt_on_marked_equity_survives_a_restart(
+    db_url: str, crypto_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tight limit halts at the first bar whose marked-to-market drawdown crosses it (recomputed here from
+    the equity snapshots); nothing is ordered after it, and a restarted daemon stays halted."""
+    limit = 0.004
+    config = write_crypto_project(tmp_path, db_url, crypto_model, max_drawdown=limit)
+    upgrade(db_url)
+    cfg = load_config(config)
+    outcome = asyncio.run(
+        run_daemon(cfg, command="run", config_path=config, install_signals=False, stop_after_batches=900)
+    )
+    assert outcome.stats.stopped
+    status: Any = cli_json(capsys, config, "status")
+    assert status["trading_state"] == "HALTED"
+
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            snapshots = session.scalars(
+                select(m.EquitySnapshot).where(m.EquitySnapshot.kind == "bar").order_by(m.EquitySnapshot.ts)
+            ).all()
+            peak, breach = Decimal(0), None
+            for snap in snapshots:
+                assert snap.equity == snap.cash + snap.positions_value
+                peak = max(peak, snap.equity)
+                if (peak - snap.equity) / peak >= Decimal(str(limit)):
+                    breach = snap.ts
+                    break
+            assert breach is not None
+            halt = session.scalars(select(m.Alert).where(m.Alert.kind == "trading_state")).one()
+            assert halt.ts == breach
+            assert "HALTED" in halt.message
+            assert session.scalars(select(m.Order).where(m.Order.bar_ts >= breach)).all() == []
+            decisions = session.scalars(select(m.RiskDecision).where(m.RiskDecision.bar_ts >= breach)).all()
+            assert decisions and all(d.outcome == "denied" and d.reason == "trading_state" for d in decisions)
+    finally:
+        engine.dispose()
+
+    asyncio.run(run_daemon(cfg, command="run", config_path=config, install_signals=False))
+    status = cli_json(capsys, config, "status")
+    assert status["trading_state"] == "HALTED"
+    assert status["last_run"]["status"] == "completed"
+    assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")

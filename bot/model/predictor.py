@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,11 +34,11 @@ class Predictor:
         self._std = np.asarray(model.card.scaler_std, dtype=np.float32)
         self._scale = float(model.card.target_scale)
 
-    def predict(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def predict(self, windows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         """(batch, window, features) raw feature windows -> (batch,) predicted next-bar log return."""
         if windows.ndim != 3 or windows.shape[1:] != (self.card.window, len(self.card.features)):
             raise ValueError(f"windows shape {windows.shape} does not fit the model card")
-        scaled = (windows - self._mean) / self._std
+        scaled = (np.asarray(windows, dtype=np.float32) - self._mean) / self._std
         with torch.inference_mode():
             out = self._network(torch.from_numpy(np.ascontiguousarray(scaled)).to(self.device))
         return np.asarray(out[:, 0].double().cpu().numpy() * self._scale, dtype=np.float64)

@@ -46,9 +46,13 @@ def latest_version(model_dir: Path) -> Path:
 
 
 def next_version(model_dir: Path) -> str:
-    """The version number a new model gets."""
-    versions = list_versions(model_dir)
-    return f"{int(versions[-1]) + 1 if versions else 1:04d}"
+    """The version number a new model gets: past every numbered folder, complete or not (never reuse one)."""
+    numbers = (
+        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        if model_dir.is_dir()
+        else []
+    )
+    return f"{max(numbers, default=0) + 1:04d}"
 
 
 def save_model(model_dir: Path, network: LSTMForecaster, card: ModelCard) -> Path:
@@ -58,6 +62,7 @@ def save_model(model_dir: Path, network: LSTMForecaster, card: ModelCard) -> Pat
     if target.exists():
         raise ModelError(f"model version {target} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{card.version}-", dir=model_dir))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model is read by whichever user runs the daemon
     try:
         torch.save(network.state_dict(), tmp / WEIGHTS_FILE)
         (tmp / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
@@ -77,8 +82,8 @@ def load_model(folder: Path) -> LoadedModel:
             arch["n_features"], arch["hidden"], arch["layers"], arch["dropout"], len(card.horizons)
         )
         network.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load model {folder}: {exc}") from exc
+    except Exception as exc:  # a damaged file raises whatever its bytes provoke (pickle, EOF, index errors)
+        raise ModelError(f"cannot load model {folder}: {type(exc).__name__}: {exc}") from exc
     network.eval()
     return LoadedModel(card, network, folder)
 
@@ -91,6 +96,10 @@ def check_compatible(card: ModelCard, strategy: StrategyConfig) -> None:
         problems.append(f"features {card.features} != config {expected}")
     if card.window != strategy.model.window:
         problems.append(f"window {card.window} != config strategies.model.window {strategy.model.window}")
+    settings = strategy.features.model_dump(mode="json")
+    if card.feature_settings != settings:
+        changed = sorted(k for k in settings if card.feature_settings.get(k) != settings[k])
+        problems.append(f"feature settings differ in {changed}")
     if card.timeframe != strategy.timeframe:
         problems.append(f"timeframe {card.timeframe} != config {strategy.timeframe}")
     if problems:

@@ -44,7 +44,3 @@ class SymbolError(PaperbotError):
 
 class BrokerError(TemporaryError):
     """The broker did not answer in a usable way; the order state is unknown until reconciled."""
-
-
-class OrderRejectedError(PaperbotError):
-    """The broker answered and refused the order: a final state, not a retry."""

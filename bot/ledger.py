@@ -78,10 +78,6 @@ class Ledger:
                 total += qty * marks[symbol]
         return total
 
-    def gross_exposure(self, marks: Mapping[str, Decimal]) -> Decimal:
-        """Sum of absolute position values at `marks`."""
-        return sum((abs(q) * marks[s] for s, q in self._qty.items() if q != 0), Decimal(0))
-
     def equity(self, marks: Mapping[str, Decimal]) -> Decimal:
         """Cash plus positions marked to market."""
         return self.cash + self.positions_value(marks)

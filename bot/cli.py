@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--format", choices=formats, default="table")
         p.add_argument("--book", help="book name (default: the book of the latest run)")
+    ev = sub.add_parser(
+        "evaluate", help="walk-forward evaluation against baselines, with confidence intervals"
+    )
+    ev.add_argument("--strategy", help="strategy name (default: the first)")
+    ev.add_argument("--start", type=_iso, help="held-out span start (ISO), default [feed] start")
+    ev.add_argument("--end", type=_iso, help="held-out span end, exclusive (ISO), default [feed] end")
+    ev.add_argument("--folds", type=int, default=4, help="walk-forward folds (default 4)")
+    ev.add_argument("--format", choices=["table", "json"], default="table")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply Alembic migrations up to head")
@@ -114,6 +122,27 @@ def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 
         folder = train_strategy(config, args.strategy, get_logger("paperbot.train"))
         print(f"wrote {folder}", file=sys.stderr)
+        return 0
+    if args.command == "evaluate":
+        from bot.evaluation.command import run_evaluation  # noqa: PLC0415
+        from bot.evaluation.report import render_table  # noqa: PLC0415
+        from bot.evaluation.runner import EvaluationSettings  # noqa: PLC0415
+
+        if args.folds < 1:
+            raise OperationalError("--folds must be at least 1")
+        evaluation, page = asyncio.run(
+            run_evaluation(
+                config,
+                args.config,
+                args.strategy,
+                start=args.start,
+                end=args.end,
+                settings=EvaluationSettings(folds=args.folds),
+                log=get_logger("paperbot.evaluate"),
+            )
+        )
+        print(dumps_exact(evaluation.report) if args.format == "json" else render_table(evaluation.report))
+        print(f"equity curves: {page}", file=sys.stderr)
         return 0
     if args.command == "db":
         upgrade(config.daemon.database_url)

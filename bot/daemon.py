@@ -23,6 +23,7 @@ from bot.feeds import ReplayFeed
 from bot.journal import BookState, Journal
 from bot.logs import get_logger
 from bot.model import LoadedModel, Predictor, check_compatible, latest_version, load_model, resolve_device
+from bot.model.forecaster import Forecaster, ModelForecaster
 from bot.orders import OrderStatus
 from bot.reports import BookStatus, book_status
 from bot.risk import RiskEngine, TradingStateTracker
@@ -71,19 +72,19 @@ def load_strategy_model(index: int, strategy: StrategyConfig) -> LoadedModel:
     return loaded
 
 
-def build_runtime(
-    strategy: StrategyConfig, loaded: LoadedModel, device: torch.device, journal: Journal
+def make_runtime(
+    strategy: StrategyConfig, forecaster: Forecaster, target_scale: float, model_version_id: int | None = None
 ) -> StrategyRuntime:
-    """Assemble one strategy's stages around its model."""
+    """Assemble one strategy's stages around a forecaster (the model, or an evaluation baseline)."""
     return StrategyRuntime(
         config=strategy,
         features=FeatureEngine(strategy.features, strategy.model.window, strategy.symbols),
-        predictor=Predictor(loaded, device),
+        forecaster=forecaster,
         strategy=ForecastStrategy(strategy),
         risk=RiskEngine(strategy.risk),
         tracker=TradingStateTracker(strategy.name, strategy.risk),
-        drift=DriftMonitor(strategy.name, loaded.card.target_scale),
-        model_version_id=journal.register_model(loaded.card, str(loaded.path)),
+        drift=DriftMonitor(strategy.name, target_scale),
+        model_version_id=model_version_id,
     )
 
 
@@ -114,7 +115,12 @@ async def run_daemon(
             sessions, Journal.open_book(sessions, book_name, kind.value, config.broker.starting_cash)
         )
         runtimes = [
-            build_runtime(s, loaded, device, journal)
+            make_runtime(
+                s,
+                ModelForecaster(Predictor(loaded, device)),
+                loaded.card.target_scale,
+                journal.register_model(loaded.card, str(loaded.path)),
+            )
             for s, loaded in zip(config.strategies, models, strict=True)
         ]
         journal.start_run(command, config_digest(config_path))
@@ -134,6 +140,7 @@ async def run_daemon(
             broker,
             journal,
             runtimes,
+            book=book_name,
             starting_cash=state.starting_cash,
             on_batch=_stop_after(stop_after_batches) if stop_after_batches else None,
         )

@@ -29,7 +29,8 @@ from bot.feeds import Feed
 from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
 from bot.ledger import Ledger
 from bot.logs import get_logger
-from bot.model import Prediction, Predictor
+from bot.model import Prediction
+from bot.model.forecaster import Forecaster
 from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, client_order_id, stored, to_decimal
 from bot.risk import (
     PortfolioView,
@@ -58,7 +59,7 @@ class StrategyRuntime:
 
     config: StrategyConfig
     features: FeatureEngine
-    predictor: Predictor
+    forecaster: Forecaster
     strategy: ForecastStrategy
     risk: RiskEngine
     tracker: TradingStateTracker
@@ -94,10 +95,12 @@ class Engine:
         journal: Journal,
         runtimes: Sequence[StrategyRuntime],
         *,
+        book: str,
         starting_cash: Decimal,
         config: EngineConfig | None = None,
         on_batch: Callable[[Engine], None] | None = None,
     ) -> None:
+        self._book = book
         self._feed = feed
         self._broker = broker
         self._journal = journal
@@ -166,6 +169,7 @@ class Engine:
                 for bar in bars:
                     if scratch.check(bar) is None:
                         rt.features.update(bar)
+                        rt.forecaster.observe(bar)
         self._log.info(
             "warmed_up", symbols={s: rt.features.ready(s) for rt in self._runtimes for s in rt.config.symbols}
         )
@@ -350,18 +354,19 @@ class Engine:
             # This bar's open-to-close return is what the previous prediction for the symbol was about.
             realized = math.log(bar.close / bar.open)
             record.alerts.extend(rt.drift.observe_outcome(bar.symbol, bar.close_time, realized))
+            rt.forecaster.observe(bar)
             if rt.features.update(bar):
                 ready.append(bar)
             else:
                 self._log_decision(rt, bar)
         if not ready:
             return []
-        predicted = rt.predictor.predict(np.stack([rt.features.window(b.symbol) for b in ready]))
+        predicted = rt.forecaster.predict(ready, np.stack([rt.features.window(b.symbol) for b in ready]))
         self.stats.predictions += len(ready)
         positions = {s: p.qty for s, p in self.ledger.positions().items()}
         intents = []
         for bar, value in zip(ready, predicted.tolist(), strict=True):
-            prediction = Prediction(rt.name, bar.symbol, bar.ts, value, 1, rt.predictor.card.version)
+            prediction = Prediction(rt.name, bar.symbol, bar.ts, value, 1, rt.forecaster.version)
             rt.drift.observe_prediction(bar.symbol, bar.close_time, value)
             target = rt.strategy.target(prediction)
             record.predictions.append((target, rt.model_version_id))
@@ -384,7 +389,7 @@ class Engine:
             intent = None
             if decision.approved_qty > 0:
                 intent = OrderIntent(
-                    client_order_id(rt.name, bar.symbol, bar.ts),
+                    client_order_id(self._book, rt.name, bar.symbol, bar.ts),
                     rt.name,
                     bar.symbol,
                     request.side,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -71,11 +71,13 @@ _OPEN = {
 }
 
 
-def client_order_id(strategy: str, symbol: str, bar_ts: datetime, sequence: int = 0) -> str:
+def client_order_id(book: str, strategy: str, symbol: str, bar_ts: datetime, sequence: int = 0) -> str:
     """Deterministic id: replaying the same bar after a restart yields the same id, so the journal dedupes.
 
-    Hashed and short because exchanges cap the length (binance: 36 characters)."""
-    key = f"{strategy}|{symbol}|{bar_ts.isoformat()}|{sequence}"
+    The book is part of it: two books (the daemon's and a backtest) trading the same bar are two orders.
+    The time is taken in UTC, so one instant is one id whatever its zone. Hashed and short because
+    exchanges cap the length (binance: 36 characters)."""
+    key = f"{book}|{strategy}|{symbol}|{bar_ts.astimezone(UTC).isoformat()}|{sequence}"
     return "pb-" + hashlib.sha256(key.encode()).hexdigest()[:29]
 
 

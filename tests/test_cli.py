@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import REPO, cli_json, write_crypto_project
@@ -189,3 +190,23 @@ def test_daemon_stops_cleanly_on_a_signal_and_resumes(
     assert isinstance(status, dict)
     assert status["last_run"]["status"] == "completed"
     assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")
+
+
+def test_books_share_a_database_without_colliding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two backtests and the daemon's book over the same bars: separate orders, identical decisions."""
+    config = _config(tmp_path, GOOD.replace('symbols = ["SPY"]', 'symbols = ["SPY", "AAPL", "IBM"]'))
+    runs = []
+    for command in (["backtest", "--end", "2021-03-10"], ["backtest", "--end", "2021-03-10"]):
+        assert main(["-c", str(config), *command]) == 0
+        capsys.readouterr()
+        status: Any = cli_json(capsys, config, "status")
+        runs.append((status["book"], cli_json(capsys, config, "trades")))
+    (first, trades_1), (second, trades_2) = runs
+    assert first != second
+    assert trades_1, "the bundled model should trade in 7 days of three symbols"
+    strip = [{k: v for k, v in t.items() if k not in ("client_order_id", "broker_fill_id")} for t in trades_1]
+    assert strip == [
+        {k: v for k, v in t.items() if k not in ("client_order_id", "broker_fill_id")} for t in trades_2
+    ]
+    assert {t["client_order_id"] for t in trades_1}.isdisjoint(t["client_order_id"] for t in trades_2)
+    assert cli_json(capsys, config, "trades", "--book", first) == trades_1

@@ -173,7 +173,7 @@ def intent(
     side: Side, qty: str, bar_ts: datetime = T0, symbol: str = "AAPL", cid: str | None = None
 ) -> OrderIntent:
     return OrderIntent(
-        client_order_id=cid or client_order_id("s", symbol, bar_ts),
+        client_order_id=cid or client_order_id("book", "s", symbol, bar_ts),
         strategy="s",
         symbol=symbol,
         side=side,
@@ -385,28 +385,33 @@ def test_restore_rebuilds_the_account_and_fills_the_open_order_next_bar() -> Non
 
 
 def test_client_order_id_is_deterministic_and_short() -> None:
-    cid = client_order_id("lstm", "AAPL", T0)
-    assert cid == client_order_id("lstm", "AAPL", T0, 0)
+    cid = client_order_id("paper", "lstm", "AAPL", T0)
+    assert cid == client_order_id("paper", "lstm", "AAPL", T0, 0)
+    # One instant is one id, whatever zone it is written in.
+    assert cid == client_order_id("paper", "lstm", "AAPL", T0.astimezone(timezone(timedelta(hours=-5))))
     # Pinned: ids are stored in the journal, so a restart on a new version must produce the same one.
-    assert cid == "pb-00fc9412134df8cfeee5dd6125fe4"
+    assert cid == "pb-e5ed2ff6a800e737d0133da2be7d5"
     assert len(cid) == 32
     assert cid.startswith("pb-")
     assert all(c in "0123456789abcdef" for c in cid[3:])
 
 
 def test_client_order_id_differs_by_every_input() -> None:
-    base = ("lstm", "AAPL", T0, 0)
+    base = ("paper", "lstm", "AAPL", T0, 0)
     variants = [
         base,
-        ("lstm2", "AAPL", T0, 0),
-        ("lstm", "MSFT", T0, 0),
-        ("lstm", "AAPL", T0 + HOUR, 0),
-        ("lstm", "AAPL", T0 + timedelta(microseconds=1), 0),
-        ("lstm", "AAPL", T0, 1),
-        ("lstm", "AAPL", T0, 2),
+        ("backtest-1", "lstm", "AAPL", T0, 0),
+        ("paper", "lstm2", "AAPL", T0, 0),
+        ("paper", "lstm", "MSFT", T0, 0),
+        ("paper", "lstm", "AAPL", T0 + HOUR, 0),
+        ("paper", "lstm", "AAPL", T0 + timedelta(microseconds=1), 0),
+        ("paper", "lstm", "AAPL", T0, 1),
+        ("paper", "lstm", "AAPL", T0, 2),
     ]
     ids = [client_order_id(*v) for v in variants]
     assert len(set(ids)) == len(ids)
     assert all(len(i) <= 36 for i in ids)
-    long_names = client_order_id("x" * 48, "Y" * 32, T0.astimezone(timezone(timedelta(hours=14))), 10**9)
+    long_names = client_order_id(
+        "b" * 64, "x" * 48, "Y" * 32, T0.astimezone(timezone(timedelta(hours=14))), 10**9
+    )
     assert len(long_names) == 32

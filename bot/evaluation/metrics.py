@@ -77,7 +77,11 @@ class PerformanceMetrics:
 
 
 def performance_metrics(
-    times: Sequence[datetime], equity: Sequence[float], *, traded_notional: float = 0.0, costs: float = 0.0
+    times: Sequence[datetime],
+    equity: Sequence[float] | FloatArray,
+    *,
+    traded_notional: float = 0.0,
+    costs: float = 0.0,
 ) -> PerformanceMetrics:
     """Metrics of one equity curve (one point per bar, marked to market).
 

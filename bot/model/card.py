@@ -35,6 +35,7 @@ class ModelCard:
     training: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the latest `paperbot evaluate` report
 
     def to_json(self) -> str:
         """Pretty JSON, stable key order."""

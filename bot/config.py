@@ -114,6 +114,21 @@ class FeatureSettings(_Section):
     rsi_window: Annotated[int, Field(ge=2, le=200)] = 14
     volatility_window: Annotated[int, Field(ge=5, le=500)] = 20
     return_clip: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # Optional feature groups, appended after the default columns in extra_choices() order. Bollinger,
+    # VWAP and OBV use zscore_window; ATR and the outlier detector use volatility_window.
+    extra: list[str] = []
+    macd_fast: Annotated[int, Field(ge=2, le=200)] = 12
+    macd_slow: Annotated[int, Field(ge=3, le=500)] = 26
+    macd_signal: Annotated[int, Field(ge=1, le=200)] = 9
+    # Split/outlier handling, off while outlier_k is None: a bar whose open and close both jump from the
+    # previous close by more than max(outlier_floor, outlier_k * recent std of returns), in log terms.
+    outlier_k: Annotated[float, Field(gt=0, le=1000)] | None = None
+    outlier_floor: Annotated[float, Field(gt=0, le=10)] = 0.25
+
+    @staticmethod
+    def extra_choices() -> tuple[str, ...]:
+        """The names `extra` accepts, in the order their columns come."""
+        return ("macd", "bollinger", "atr", "vwap", "obv", "time")
 
     @field_validator("return_lags")
     @classmethod
@@ -121,6 +136,23 @@ class FeatureSettings(_Section):
         if len(set(value)) != len(value):
             raise ValueError("return_lags must not repeat")
         return sorted(value)
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, value: list[str]) -> list[str]:
+        choices = cls.extra_choices()
+        for name in value:
+            if name not in choices:
+                raise ValueError(f"unknown extra feature {name!r}; choose from {', '.join(choices)}")
+        if len(set(value)) != len(value):
+            raise ValueError("extra must not repeat")
+        return sorted(value, key=choices.index)  # one column order, however the config lists them
+
+    @model_validator(mode="after")
+    def _macd_windows(self) -> FeatureSettings:
+        if self.macd_fast >= self.macd_slow:
+            raise ValueError(f"macd_fast ({self.macd_fast}) must be below macd_slow ({self.macd_slow})")
+        return self
 
 
 class ModelSettings(_Section):

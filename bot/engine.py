@@ -355,7 +355,9 @@ class Engine:
             realized = math.log(bar.close / bar.open)
             record.alerts.extend(rt.drift.observe_outcome(bar.symbol, bar.close_time, realized))
             rt.forecaster.observe(bar)
-            if rt.features.update(bar):
+            is_ready = rt.features.update(bar)
+            record.alerts.extend(self._outlier_alerts(rt, bar))
+            if is_ready:
                 ready.append(bar)
             else:
                 self._log_decision(rt, bar)
@@ -402,6 +404,28 @@ class Engine:
             record.decisions.append(Decision(decision, intent))
             self._log_decision(rt, bar, target, decision, intent)
         return intents
+
+    @staticmethod
+    def _outlier_alerts(rt: StrategyRuntime, bar: Bar) -> list[Alert]:
+        """An alert when the feature stage flagged this very bar as a split-like jump (and rescaled)."""
+        outlier = rt.features.last_outlier(bar.symbol)
+        if outlier is None or outlier.ts != bar.ts:
+            return []
+        message = (
+            f"one-bar jump x{outlier.ratio:.4f} beyond {outlier.threshold:.3f} in log terms (a split or a"
+            " crash?): the feature history was rescaled"
+        )
+        details = {
+            "ratio": outlier.ratio,
+            "gap": outlier.gap,
+            "move": outlier.move,
+            "bar_ts": bar.ts.isoformat(),
+        }
+        return [
+            Alert(
+                bar.close_time, Severity.WARNING, AlertKind.OUTLIER_BAR, message, rt.name, bar.symbol, details
+            )
+        ]
 
     def _log_decision(
         self,

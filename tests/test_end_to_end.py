@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CRYPTO_DATA, cli_json, copy_data, write_crypto_project
+from helpers import CRYPTO_DATA, REPO, cli_json, copy_data, write_crypto_project
 from sqlalchemy import select
 
 from bot.cli import main
@@ -223,3 +223,41 @@ def test_drawdown_halt_on_marked_equity_survives_a_restart(
     assert status["trading_state"] == "HALTED"
     assert status["last_run"]["status"] == "completed"
     assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")
+
+
+def test_a_split_is_flagged_and_does_not_poison_the_features(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AAPL's unadjusted 4:1 split of 2020-08-31, with outlier handling on: one alert, on that bar."""
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[daemon]
+database_url = "sqlite:///{tmp_path / "db.sqlite"}"
+[feed]
+kind = "replay"
+data_dir = "{REPO / "data" / "equities-1h"}"
+start = "2020-08-03T00:00:00Z"
+end = "2020-09-15T00:00:00Z"
+[[strategies]]
+name = "aapl"
+symbols = ["AAPL"]
+model_dir = "{tmp_path / "models" / "aapl"}"
+[strategies.features]
+outlier_k = 10
+[strategies.model]
+window = 8
+hidden = 8
+layers = 1
+[strategies.training]
+start = "2019-06-01T00:00:00Z"
+epochs = 1
+batch_size = 64
+""")
+    assert main(["-c", str(config), "train"]) == 0
+    assert main(["-c", str(config), "backtest"]) == 0
+    alerts: Any = cli_json(capsys, config, "alerts")
+    outliers = [a for a in alerts if a["kind"] == "outlier_bar"]
+    assert [(a["symbol"], a["details"]["bar_ts"]) for a in outliers] == [
+        ("AAPL", "2020-08-31T13:00:00+00:00")
+    ]
+    assert float(outliers[0]["details"]["ratio"]) == pytest.approx(127.67 / 499.23)

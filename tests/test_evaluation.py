@@ -100,7 +100,7 @@ def test_evaluate_on_held_out_bars(tmp_path: Path, capsys: pytest.CaptureFixture
     assert report["span"]["start"].startswith("2018-01-25")
 
     # Every number can be recomputed from the evaluation database.
-    engine = make_engine(f"sqlite:///{report['database']}")
+    engine = make_engine(f"sqlite:///{config.parent / report['database']}")
     try:
         with session_factory(engine)() as session:
             book = session.scalars(select(m.Book).where(m.Book.name.endswith("-model"))).one()

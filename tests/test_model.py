@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bot.bars import Bar
-from bot.config import AppConfig, StrategyConfig, load_config
+from bot.config import AppConfig, FeatureSettings, StrategyConfig, load_config
 from bot.errors import ModelError
 from bot.features import FeatureEngine, feature_matrix, feature_names
 from bot.feeds.replay import load_csv
@@ -552,7 +552,7 @@ def test_the_bundled_model_matches_the_repo_config(repo_config: AppConfig) -> No
     assert card.name == strategy.model_dir.name
     assert card.symbols == sorted(strategy.symbols)
     assert card.timeframe == strategy.timeframe
-    assert card.feature_settings == strategy.features.model_dump()
+    assert FeatureSettings.model_validate(card.feature_settings) == strategy.features
     assert card.architecture == {"kind": "lstm", "n_features": len(card.features)} | {
         k: getattr(strategy.model, k) for k in ("hidden", "layers", "dropout")
     }

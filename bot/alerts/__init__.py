@@ -21,6 +21,7 @@ class AlertKind(StrEnum):
 
     BAR_REJECTED = "bar_rejected"
     FEED_PROBLEM = "feed_problem"
+    OUTLIER_BAR = "outlier_bar"
     DRIFT = "drift"
     TRADING_STATE = "trading_state"
     BROKER_ERROR = "broker_error"

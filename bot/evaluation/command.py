@@ -43,6 +43,8 @@ async def run_evaluation(
         settings=settings,
         progress=lambda event, fields: log.info(event, **fields),
     )
+    # The card travels with the model: name the books relative to the config, not by this machine's path.
+    evaluation.report["database"] = str(database.relative_to(config_path.resolve().parent))
     version = latest_version(strategy.model_dir)
     attach_to_card(version, evaluation.report)
     page = write_html(version / "evaluation.html", evaluation.report, evaluation.curves)

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from bot.features.engine import FeatureEngine, SymbolFeatures, feature_matrix, feature_names
+from bot.features.outliers import Outlier
 
-__all__ = ["FeatureEngine", "SymbolFeatures", "feature_matrix", "feature_names"]
+__all__ = ["FeatureEngine", "Outlier", "SymbolFeatures", "feature_matrix", "feature_names"]

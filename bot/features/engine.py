@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeGuard
 
@@ -13,19 +13,63 @@ import numpy.typing as npt
 from bot.bars import Bar
 from bot.config import FeatureSettings
 from bot.features.indicators import (
+    AverageTrueRange,
+    BarIndicator,
+    BollingerBands,
+    CalendarEncoding,
     ClippedLogReturn,
     CloseLocation,
     CutlerRSI,
+    FiniteMACD,
     LogRange,
+    OnBalanceVolume,
     RealizedVolatility,
     RollingZScore,
+    VWAPDistance,
 )
+from bot.features.outliers import GapOutlierDetector, Outlier
+
+# Each optional feature group: its column names and its indicator, both from the settings. The order
+# here is the column order (FeatureSettings.extra_choices() lists the same names in the same order).
+_Columns = Callable[[FeatureSettings], tuple[str, ...]]
+_Build = Callable[[FeatureSettings], BarIndicator]
+_EXTRAS: dict[str, tuple[_Columns, _Build]] = {
+    "macd": (
+        lambda s: (f"macd_{s.macd_fast}_{s.macd_slow}", f"macd_signal_{s.macd_signal}", "macd_hist"),
+        lambda s: FiniteMACD(s.macd_fast, s.macd_slow, s.macd_signal),
+    ),
+    "bollinger": (
+        lambda s: (f"bb_pctb_{s.zscore_window}", f"bb_width_{s.zscore_window}"),
+        lambda s: BollingerBands(s.zscore_window),
+    ),
+    "atr": (lambda s: (f"atr_{s.volatility_window}",), lambda s: AverageTrueRange(s.volatility_window)),
+    "vwap": (lambda s: (f"vwap_dist_{s.zscore_window}",), lambda s: VWAPDistance(s.zscore_window)),
+    "obv": (lambda s: (f"obv_chg_{s.zscore_window}",), lambda s: OnBalanceVolume(s.zscore_window)),
+    "time": (lambda s: ("tod_sin", "tod_cos", "dow_sin", "dow_cos"), lambda s: CalendarEncoding()),
+}
+
+
+def _extras(settings: FeatureSettings) -> list[str]:
+    """settings.extra in column order; ValueError naming an unknown or repeated name.
+
+    FeatureSettings validates this already; checked again for settings built without validation.
+    """
+    for name in settings.extra:
+        if name not in _EXTRAS:
+            raise ValueError(f"unknown extra feature {name!r}; choose from {', '.join(_EXTRAS)}")
+    if len(set(settings.extra)) != len(settings.extra):
+        raise ValueError(f"extra features repeat: {settings.extra}")
+    return [name for name in _EXTRAS if name in settings.extra]
 
 
 def feature_names(settings: FeatureSettings) -> tuple[str, ...]:
-    """The column names, in row order. Windows and lags are part of the names so that a model card can be
-    checked against the running config (return_clip is not: compare the whole FeatureSettings for that)."""
-    return (
+    """The column names, in row order: the default set, then the `extra` groups in a fixed order.
+
+    Windows and lags are part of the names so that a model card can be checked against the running
+    config (return_clip and the outlier settings are not: compare the whole FeatureSettings for that).
+    ValueError for an unknown extra name.
+    """
+    names = (
         *(f"ret_{lag}" for lag in settings.return_lags),
         f"z_close_{settings.zscore_window}",
         f"z_logvol_{settings.zscore_window}",
@@ -34,6 +78,7 @@ def feature_names(settings: FeatureSettings) -> tuple[str, ...]:
         "log_range",
         "close_loc",
     )
+    return names + tuple(column for name in _extras(settings) for column in _EXTRAS[name][0](settings))
 
 
 def _check_bar(bar: Bar, last_ts: datetime | None) -> None:
@@ -58,16 +103,28 @@ def _all_warm(row: tuple[float | None, ...]) -> TypeGuard[tuple[float, ...]]:
 
 class SymbolFeatures:
     """Every indicator for one symbol. `update(bar)` gives a row (in `feature_names` order) once all are
-    warm, and each row is a pure function of the last `lookback` bars, bit for bit."""
+    warm, and each row is a pure function of the last `lookback` bars, bit for bit.
+
+    With `outlier_k` set, a bar that jumps far beyond recent volatility (a split, see GapOutlierDetector)
+    is recorded in `last_outlier`, and the stored price history is multiplied by its ratio open / previous
+    close before the bar goes in, so price-based features continue as if the series were adjusted and the
+    bar's gap return is 0. Volumes are not rescaled: the ratio is a price ratio, and a flagged bar may be
+    a real gap rather than a split. The rule above still holds, bit for bit and across any number of
+    outliers, because `lookback` then includes the bars that the outlier decisions inside it depend on.
+    """
 
     __slots__ = (
         "_close_loc",
+        "_detector",
+        "_extras",
+        "_last_outlier",
         "_last_ts",
         "_log_range",
         "_lookback",
         "_returns",
         "_rsi",
         "_rvol",
+        "_seen",
         "_step",
         "_symbol",
         "_z_close",
@@ -84,11 +141,19 @@ class SymbolFeatures:
         self._rvol = RealizedVolatility(settings.volatility_window)
         self._log_range = LogRange(limit)
         self._close_loc = CloseLocation()
+        self._extras = tuple(_EXTRAS[name][1](settings) for name in _extras(settings))
+        self._detector: GapOutlierDetector | None = None
+        if settings.outlier_k is not None:
+            self._detector = GapOutlierDetector(
+                settings.volatility_window, settings.outlier_k, settings.outlier_floor, limit
+            )
         self._symbol: str | None = None
         self._last_ts: datetime | None = None
+        self._last_outlier: Outlier | None = None
+        self._seen = 0  # bars taken, counted up to lookback only
         # An indicator needing b inputs, fed by one that is warm after a bars, gets its first input at
         # bar a and so is warm after a + b - 1 bars.
-        self._lookback = max(
+        lookback = max(
             *(r.lookback for r in self._returns),
             self._z_close.lookback,
             self._z_logvol.lookback,
@@ -96,7 +161,16 @@ class SymbolFeatures:
             self._step.lookback + self._rvol.lookback - 1,
             LogRange.lookback,
             CloseLocation.lookback,
+            *(x.lookback for x in self._extras),
         )
+        if self._detector is not None:
+            # A row over bars a..t (a = t - lookback + 1) depends on the decisions for bars a+1..t (one at
+            # bar a would only touch bars before a, and the return at a is in no window). The decision
+            # for a+1 reads the detector's lookback of bars ending there, so the row needs
+            # detector.lookback - 2 bars before a: from a cold start of this many bars, every decision
+            # that matters is the one a long-running instance took.
+            lookback += self._detector.lookback - 2
+        self._lookback = lookback
 
     @property
     def lookback(self) -> int:
@@ -108,8 +182,14 @@ class SymbolFeatures:
         """The symbol of the first bar seen; later bars must match it."""
         return self._symbol
 
+    @property
+    def last_outlier(self) -> Outlier | None:
+        """The latest bar flagged as an outlier (and adjusted for), None if none yet or `outlier_k` is
+        unset. `last_outlier.ts == bar.ts` right after `update(bar)` means that very bar was flagged."""
+        return self._last_outlier
+
     def update(self, bar: Bar) -> tuple[float, ...] | None:
-        """Take the next bar; return its feature row, or None until every indicator is warm.
+        """Take the next bar; return its feature row, or None until `lookback` bars are in.
 
         ValueError, with no state changed, for a bad bar: another symbol, not strictly after the previous
         bar, non-finite values, prices <= 0, high < low or volume < 0.
@@ -119,6 +199,12 @@ class SymbolFeatures:
         _check_bar(bar, self._last_ts)
         self._symbol = bar.symbol
         self._last_ts = bar.ts
+
+        if self._detector is not None:
+            outlier = self._detector.update(bar)
+            if outlier is not None:  # before the bar goes in: its own prices are the new scale
+                self._last_outlier = outlier
+                self._rescale(outlier.ratio)
 
         close = bar.close
         returns = [r.update(close) for r in self._returns]
@@ -131,9 +217,30 @@ class SymbolFeatures:
         z_logvol = self._z_logvol.update(math.log1p(bar.volume))
         log_range = self._log_range.update(bar)
         close_loc = self._close_loc.update(bar)
-
         row = (*returns, z_close, z_logvol, rsi, rvol, log_range, close_loc)
-        return row if _all_warm(row) else None
+        extras = [x.update(bar) for x in self._extras]
+
+        if self._seen < self._lookback:
+            self._seen += 1
+            if self._seen < self._lookback:
+                return None
+        if not _all_warm(row):
+            return None
+        full: tuple[float, ...] = row
+        for values in extras:
+            if values is None:
+                return None
+            full += values
+        return full
+
+    def _rescale(self, factor: float) -> None:
+        """Multiply every stored price by `factor`; volumes, returns and ratios stay as they are."""
+        for r in self._returns:
+            r.rescale(factor)
+        self._step.rescale(factor)
+        self._z_close.rescale(factor)
+        for x in self._extras:
+            x.rescale(factor)
 
 
 class _SymbolState:
@@ -202,6 +309,10 @@ class FeatureEngine:
         if state.filled < self._window:
             state.filled += 1
         return state.filled == self._window
+
+    def last_outlier(self, symbol: str) -> Outlier | None:
+        """The latest outlier bar flagged for `symbol` (see SymbolFeatures.last_outlier)."""
+        return self._state(symbol).features.last_outlier
 
     def ready(self, symbol: str) -> bool:
         """True when `symbol` has a full window."""

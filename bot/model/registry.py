@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
-from bot.config import StrategyConfig
+from bot.config import FeatureSettings, StrategyConfig
 from bot.errors import ModelError
 from bot.features import feature_names
 from bot.model.card import CARD_FILE, WEIGHTS_FILE, ModelCard
@@ -96,10 +97,17 @@ def check_compatible(card: ModelCard, strategy: StrategyConfig) -> None:
         problems.append(f"features {card.features} != config {expected}")
     if card.window != strategy.model.window:
         problems.append(f"window {card.window} != config strategies.model.window {strategy.model.window}")
-    settings = strategy.features.model_dump(mode="json")
-    if card.feature_settings != settings:
-        changed = sorted(k for k in settings if card.feature_settings.get(k) != settings[k])
-        problems.append(f"feature settings differ in {changed}")
+    # A card stores the settings it was trained with; keys added since then take their defaults.
+    try:
+        trained = FeatureSettings.model_validate(card.feature_settings)
+    except ValidationError as exc:
+        problems.append(f"unreadable feature settings in the card: {exc.errors()[0]['msg']}")
+    else:
+        changed = [
+            k for k in FeatureSettings.model_fields if getattr(trained, k) != getattr(strategy.features, k)
+        ]
+        if changed:
+            problems.append(f"feature settings differ in {changed}")
     if card.timeframe != strategy.timeframe:
         problems.append(f"timeframe {card.timeframe} != config {strategy.timeframe}")
     if problems:

@@ -23,9 +23,19 @@ from bot.reports import (
     render_table,
     trades,
 )
-from bot.store.db import make_engine, session_factory, upgrade
+from bot.store.db import make_engine, schema_is_current, session_factory, upgrade
 
 TRADE_COLUMNS = ["ts", "strategy", "symbol", "side", "qty", "price", "commission", "client_order_id"]
+MODEL_COLUMNS = [
+    "name",
+    "version",
+    "status",
+    "trained_from",
+    "trained_to",
+    "validation_ic",
+    "walk_forward_sharpe",
+    "walk_forward_sharpe_ci",
+]
 ALERT_COLUMNS = ["ts", "severity", "kind", "strategy", "symbol", "message"]
 
 
@@ -70,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--format", choices=formats, default="table")
         p.add_argument("--book", help="book name (default: the book of the latest run)")
+    md = sub.add_parser("models", help="model versions on disk, with their registry status")
+    md.add_argument("--format", choices=["table", "json"], default="table")
     ev = sub.add_parser(
         "evaluate", help="walk-forward evaluation against baselines, with confidence intervals"
     )
@@ -144,11 +156,29 @@ def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
         print(dumps_exact(evaluation.report) if args.format == "json" else render_table(evaluation.report))
         print(f"equity curves: {page}", file=sys.stderr)
         return 0
+    if args.command == "models":
+        return _models(args, config)
     if args.command == "db":
         upgrade(config.daemon.database_url)
         print("database is at the latest migration", file=sys.stderr)
         return 0
     return _report(args, config)
+
+
+def _models(args: argparse.Namespace, config: AppConfig) -> int:
+    from bot.model.catalog import list_models  # noqa: PLC0415
+
+    engine = make_engine(config.daemon.database_url)
+    try:
+        sessions = session_factory(engine) if schema_is_current(engine) else None
+        rows = list_models(sessions, sorted({s.model_dir for s in config.strategies}))
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        print(dumps_exact(rows))
+    else:
+        print(render_table(rows, MODEL_COLUMNS))
+    return 0
 
 
 def _report(args: argparse.Namespace, config: AppConfig) -> int:

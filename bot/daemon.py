@@ -11,25 +11,32 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import torch
-from sqlalchemy.engine import make_url
 
 from bot.brokers import SimBroker
 from bot.config import AppConfig, StrategyConfig
 from bot.drift import DriftMonitor
 from bot.engine import Engine, EngineStats, StrategyRuntime
-from bot.errors import ConfigError, ModelError, OperationalError
+from bot.errors import ConfigError, ModelError
 from bot.features import FeatureEngine
 from bot.feeds import ReplayFeed
 from bot.journal import BookState, Journal
 from bot.logs import get_logger
-from bot.model import LoadedModel, Predictor, check_compatible, latest_version, load_model, resolve_device
+from bot.model import (
+    LoadedModel,
+    Predictor,
+    catalog,
+    check_compatible,
+    latest_version,
+    load_model,
+    resolve_device,
+)
 from bot.model.forecaster import Forecaster, ModelForecaster
 from bot.orders import OrderStatus
 from bot.reports import BookStatus, book_status
 from bot.risk import RiskEngine, TradingStateTracker
 from bot.scheduler import SchedulerConfig, build_scheduler
 from bot.store import models as m
-from bot.store.db import make_engine, schema_is_current, session_factory, upgrade
+from bot.store.db import ensure_schema, make_engine, session_factory
 from bot.strategy import ForecastStrategy
 from bot.systemd import notify, watchdog_interval
 
@@ -45,21 +52,6 @@ class RunOutcome:
 def config_digest(path: Path) -> str:
     """sha256 of the config file, stored with each run."""
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-
-
-def ensure_schema(url: str) -> None:
-    """SQLite (the embedded default) is migrated on start; PostgreSQL is an operator's step."""
-    engine = make_engine(url)
-    try:
-        if schema_is_current(engine):
-            return
-        if make_url(url).get_backend_name() != "sqlite":
-            raise OperationalError(
-                "database schema is not at the latest migration: run `paperbot db upgrade`"
-            )
-    finally:
-        engine.dispose()
-    upgrade(url)
 
 
 def load_strategy_model(index: int, strategy: StrategyConfig) -> LoadedModel:
@@ -119,10 +111,13 @@ async def run_daemon(
                 s,
                 ModelForecaster(Predictor(loaded, device)),
                 loaded.card.target_scale,
-                journal.register_model(loaded.card, str(loaded.path)),
+                catalog.register(sessions, loaded.card, loaded.path),
             )
             for s, loaded in zip(config.strategies, models, strict=True)
         ]
+        if not backtest:  # the daemon trades this version now
+            for loaded in models:
+                catalog.activate(sessions, loaded.card.name, loaded.card.version)
         journal.start_run(command, config_digest(config_path))
         start = start or config.feed.start
         feed = ReplayFeed(

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.alerts import Alert
 from bot.bars import Bar
 from bot.ledger import Position
-from bot.model.card import ModelCard
 from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, stored, to_decimal
 from bot.risk import RiskDecision, TradingState, TradingStateTracker
 from bot.store import models as m
@@ -148,28 +147,6 @@ class Journal:
             run = session.get_one(m.Run, self.run_id)
             run.status, run.bars_processed, run.message = status.value, bars_processed, message
             run.ended_at = m.utcnow()
-
-    def register_model(self, card: ModelCard, path: str) -> int:
-        """The model_versions row of a card, created when first seen."""
-        with self._sessions.begin() as session:
-            row = session.scalar(
-                select(m.ModelVersion).where(
-                    m.ModelVersion.name == card.name, m.ModelVersion.version == card.version
-                )
-            )
-            if row is None:
-                row = m.ModelVersion(
-                    name=card.name,
-                    version=card.version,
-                    path=path,
-                    data_sha256=card.data_sha256,
-                    trained_from=datetime.fromisoformat(card.training_span["start"]),
-                    trained_to=datetime.fromisoformat(card.validation_span["end"]),
-                    card_json=card.to_json(),
-                )
-                session.add(row)
-                session.flush()
-            return row.id
 
     # ---- restart --------------------------------------------------------------------------------
 

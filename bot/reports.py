@@ -210,6 +210,10 @@ def book_status(sessions: sessionmaker[Session], book_id: int) -> BookStatus:
 def _text(value: Any, short_time: bool = False) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M") if short_time else value.isoformat()
+    if short_time and isinstance(value, float):
+        return f"{value:.4f}"
+    if short_time and isinstance(value, list):
+        return "[" + ", ".join(_text(v, short_time) for v in value) + "]"
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")  # no trailing zeros, never exponent notation
     return "" if value is None else str(value)

@@ -8,8 +8,10 @@ from typing import Any
 from bot.bars import Bar, BarGuard
 from bot.config import AppConfig
 from bot.feeds import load_csv
+from bot.model import catalog
 from bot.model.registry import next_version, save_model
 from bot.model.training import train_model
+from bot.store.db import ensure_schema, make_engine, session_factory
 
 
 def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, list[Bar]]:
@@ -35,6 +37,7 @@ def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, lis
 def train_strategy(config: AppConfig, strategy_name: str | None, log: Any) -> Path:
     """Train and save; returns the new version folder."""
     strategy = config.strategy(strategy_name)
+    ensure_schema(config.daemon.database_url)  # before the long part: the new version gets a row
     bars = training_bars(config, strategy_name)
     log.info(
         "training",
@@ -46,6 +49,11 @@ def train_strategy(config: AppConfig, strategy_name: str | None, log: Any) -> Pa
     version = next_version(strategy.model_dir)
     result = train_model(bars, strategy, version=version, progress=lambda p: log.info("epoch", **p))
     folder = save_model(strategy.model_dir, result.network, result.card)
+    db = make_engine(config.daemon.database_url)
+    try:
+        catalog.register(session_factory(db), result.card, folder)
+    finally:
+        db.dispose()
     log.info(
         "trained",
         strategy=strategy.name,

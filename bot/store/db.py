@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 import bot
+from bot.errors import OperationalError
 
 MIGRATIONS_DIR = Path(bot.__file__).resolve().parent.parent / "migrations"
 """The Alembic script directory (env.py, versions/) at the repository root."""
@@ -106,3 +107,18 @@ def schema_is_current(engine: Engine) -> bool:
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_heads()
     return set(current) == set(head_revisions())
+
+
+def ensure_schema(url: str) -> None:
+    """SQLite (the embedded default) is migrated on start; PostgreSQL is an operator's step."""
+    engine = make_engine(url)
+    try:
+        if schema_is_current(engine):
+            return
+        if make_url(url).get_backend_name() != "sqlite":
+            raise OperationalError(
+                "database schema is not at the latest migration: run `paperbot db upgrade`"
+            )
+    finally:
+        engine.dispose()
+    upgrade(url)

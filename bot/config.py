@@ -176,6 +176,9 @@ class TrainingSettings(_Section):
     validation_fraction: Annotated[float, Field(gt=0, lt=0.9)] = 0.2
     patience: Annotated[int, Field(ge=1, le=100)] = 3
     seed: int = 7
+    # mse, mae, huber; "directional" adds to the MSE a penalty proportional to how far a forecast of the
+    # wrong sign went, so the sign, which decides the trade, weighs more than the size.
+    loss: Literal["mse", "mae", "huber", "directional"] = "mse"
 
     @field_validator("start", "end")
     @classmethod

@@ -592,3 +592,16 @@ def test_the_bundled_model_predicts_on_real_windows(repo_config: AppConfig) -> N
     assert np.isfinite(predicted).all()
     assert (np.abs(predicted) < strategy.features.return_clip).all()
     assert np.std(predicted) > 0
+
+
+def test_losses() -> None:
+    from bot.model.training import make_loss
+
+    pred = torch.tensor([1.0, -1.0, 2.0])
+    target = torch.tensor([1.0, 1.0, -1.0])
+    assert float(make_loss("mse")(pred, target)) == pytest.approx((0 + 4 + 9) / 3)
+    assert float(make_loss("mae")(pred, target)) == pytest.approx((0 + 2 + 3) / 3)
+    # directional: the MSE plus how far the wrong-sign forecasts went (1*1 and 2*1).
+    assert float(make_loss("directional")(pred, target)) == pytest.approx(13 / 3 + (0 + 1 + 2) / 3)
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("hinge")

@@ -105,6 +105,20 @@ def _metrics(pred: npt.NDArray[np.float64], true: npt.NDArray[np.float64]) -> di
     }
 
 
+def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss named in [strategies.training] loss."""
+    if name == "mse":
+        return nn.MSELoss()
+    if name == "mae":
+        return nn.L1Loss()
+    if name == "huber":
+        return nn.HuberLoss(delta=1.0)  # targets are in units of their standard deviation
+    if name == "directional":
+        mse = nn.MSELoss()
+        return lambda pred, target: mse(pred, target) + torch.relu(-pred * target).mean()
+    raise ValueError(f"unknown loss {name!r}")
+
+
 def _chunks(index: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [index[i : i + size] for i in range(0, len(index), size)]
 
@@ -153,7 +167,7 @@ def train_model(
         network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
-    loss_fn = nn.MSELoss()
+    loss_fn = make_loss(settings.loss)
     generator = torch.Generator().manual_seed(settings.seed)
     train_t = torch.from_numpy(train_idx)
     val_t = torch.from_numpy(val_idx)
@@ -177,7 +191,7 @@ def train_model(
             x, target = batch(chunk)
             optimizer.zero_grad()
             loss = loss_fn(network(x)[:, 0], target)
-            loss.backward()
+            torch.autograd.backward(loss)
             nn.utils.clip_grad_norm_(network.parameters(), max_norm=1.0)
             optimizer.step()
             total += loss.item() * len(chunk)

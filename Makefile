@@ -28,7 +28,7 @@ train: $(STAMP)
 	$(BIN)/paperbot -c $(CONFIG) train
 
 test: $(STAMP)
-	$(BIN)/ruff check bot tests migrations
+	$(BIN)/ruff check bot tests migrations benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

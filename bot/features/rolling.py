@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 # Every finite double is n / 2**k with 0 <= k <= 1074, so x * 2**_SCALE is an exact integer for all of
 # them; x * x then lives exactly at scale 2**(2 * _SCALE).
@@ -38,7 +39,34 @@ def _rescaled(values: list[float], factor: float) -> list[float]:
     return out
 
 
-class ExactRollingSum:
+class _ExactWindow:
+    """What both exact rolling statistics share: the window and the scaled values inside it."""
+
+    __slots__ = ("_values", "_window")
+    _values: deque[Any]
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._window = window
+
+    @property
+    def window(self) -> int:
+        """The most values the statistics cover."""
+        return self._window
+
+    @property
+    def count(self) -> int:
+        """How many values the statistics cover now: min(pushes, window)."""
+        return len(self._values)
+
+    @property
+    def full(self) -> bool:
+        """True once `window` values have been pushed."""
+        return len(self._values) == self._window
+
+
+class ExactRollingSum(_ExactWindow):
     """Rolling sum and mean over the last `window` pushed values, exact, O(1) per push.
 
     ExactRollingMoments without the squares, for the many indicators that need only a sum: the running
@@ -46,29 +74,12 @@ class ExactRollingSum:
     values in the window, bit for bit.
     """
 
-    __slots__ = ("_s1", "_values", "_window")
+    __slots__ = ("_s1",)
 
     def __init__(self, window: int) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self._window = window
-        self._values: deque[int] = deque()  # each x * 2**_SCALE
+        super().__init__(window)
+        self._values = deque()  # each x * 2**_SCALE
         self._s1 = 0
-
-    @property
-    def window(self) -> int:
-        """The most values the sum covers."""
-        return self._window
-
-    @property
-    def count(self) -> int:
-        """How many values the sum covers now: min(pushes, window)."""
-        return len(self._values)
-
-    @property
-    def full(self) -> bool:
-        """True once `window` values have been pushed."""
-        return len(self._values) == self._window
 
     @property
     def scaled_sum(self) -> int:
@@ -120,7 +131,7 @@ class ExactRollingSum:
         self._s1 = sum(new)
 
 
-class ExactRollingMoments:
+class ExactRollingMoments(_ExactWindow):
     """Rolling sum, mean and sample variance over the last `window` pushed values, O(1) per push.
 
     The running sum and sum of squares are exact Python ints in a fixed dyadic scale, so pushing and
@@ -128,30 +139,13 @@ class ExactRollingMoments:
     Consequence: every statistic is a pure function of the values in the window, whatever came before.
     """
 
-    __slots__ = ("_s1", "_s2", "_values", "_window")
+    __slots__ = ("_s1", "_s2")
 
     def __init__(self, window: int) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self._window = window
-        self._values: deque[tuple[int, int]] = deque()  # (x, x*x), both scaled
+        super().__init__(window)
+        self._values = deque()  # (x, x*x), both scaled
         self._s1 = 0  # sum of x * 2**_SCALE
         self._s2 = 0  # sum of x*x * 2**(2*_SCALE)
-
-    @property
-    def window(self) -> int:
-        """The most values the statistics cover."""
-        return self._window
-
-    @property
-    def count(self) -> int:
-        """How many values the statistics cover now: min(pushes, window)."""
-        return len(self._values)
-
-    @property
-    def full(self) -> bool:
-        """True once `window` values have been pushed."""
-        return len(self._values) == self._window
 
     def push(self, x: float) -> None:
         """Add `x`, dropping the oldest value when the window is full. ValueError on NaN or infinity."""

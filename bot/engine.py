@@ -78,9 +78,6 @@ class EngineStats:
 
     batches: int = 0
     bars: int = 0
-    rejected: int = 0
-    predictions: int = 0
-    orders: int = 0
     fills: int = 0
     stopped: bool = False
 
@@ -260,7 +257,6 @@ class Engine:
             if rejection is None:
                 accepted.append(bar)
                 continue
-            self.stats.rejected += 1
             owner = self._owner.get(bar.symbol)
             record.alerts.append(
                 Alert(
@@ -364,7 +360,6 @@ class Engine:
         if not ready:
             return []
         predicted = rt.forecaster.predict(ready, np.stack([rt.features.window(b.symbol) for b in ready]))
-        self.stats.predictions += len(ready)
         positions = {s: p.qty for s, p in self.ledger.positions().items()}
         intents = []
         for bar, value in zip(ready, predicted.tolist(), strict=True):
@@ -397,7 +392,6 @@ class Engine:
                     request.side,
                     decision.approved_qty,
                     bar.ts,
-                    request.price,
                 )
                 self._pending[intent.client_order_id] = intent
                 intents.append(intent)
@@ -485,7 +479,6 @@ class Engine:
         if order.status is OrderStatus.REJECTED:
             self._pending.pop(intent.client_order_id, None)
         self._journal.update_order(order)
-        self.stats.orders += 1
 
     def equity_point(self, ts: datetime) -> EquityPoint:
         """The account marked at the last closes, at stored precision: equity is exactly cash + positions

@@ -65,7 +65,6 @@ class BatchRecord:
 class BookState:
     """What a restart needs: the ledger, open orders, last bars and trading states."""
 
-    book_id: int
     starting_cash: Decimal
     fills: list[Fill]
     open_orders: list[tuple[OrderIntent, OrderStatus]]
@@ -176,7 +175,6 @@ class Journal:
                     Side(row.side),
                     row.qty,
                     row.bar_ts,
-                    row.avg_fill_price or Decimal(0),
                 )
                 open_orders.append((intent, OrderStatus(row.status)))
             last_bars = {
@@ -187,7 +185,7 @@ class Journal:
                 r.scope: (TradingState(r.state), r.reason, r.equity_peak)
                 for r in session.scalars(select(m.TradingState).where(m.TradingState.book_id == self.book_id))
             }
-            return BookState(self.book_id, book.starting_cash, fills, open_orders, last_bars, states)
+            return BookState(book.starting_cash, fills, open_orders, last_bars, states)
 
     # ---- the bar path ---------------------------------------------------------------------------
 

@@ -91,7 +91,6 @@ class OrderIntent:
     side: Side
     qty: Decimal
     bar_ts: datetime
-    reference_price: Decimal
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,6 @@ def intent(
         side=side,
         qty=D(qty),
         bar_ts=bar_ts,
-        reference_price=D(100),
     )
 
 

@@ -128,7 +128,9 @@ class ForecastMetrics:
         return {k: float(v) for k, v in asdict(self).items()}
 
 
-def forecast_metrics(predicted: Sequence[float], realized: Sequence[float]) -> ForecastMetrics:
+def forecast_metrics(
+    predicted: Sequence[float] | FloatArray, realized: Sequence[float] | FloatArray
+) -> ForecastMetrics:
     """MSE, MAE, directional accuracy (bars with a move and a non-zero forecast) and the Pearson IC."""
     pred = np.asarray(predicted, dtype=np.float64)
     true = np.asarray(realized, dtype=np.float64)

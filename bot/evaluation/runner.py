@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.bars import Bar, BarGuard
+from bot.bars import Bar
 from bot.brokers import SimBroker
 from bot.config import AppConfig, StrategyConfig
 from bot.daemon import make_runtime
@@ -39,11 +39,12 @@ from bot.evaluation.metrics import (
     periods_per_year,
     sharpe_ratio,
 )
-from bot.feeds import ReplayFeed, load_csv
+from bot.feeds import ReplayFeed
 from bot.journal import Journal
 from bot.model.forecaster import Forecaster, ModelForecaster
 from bot.model.predictor import Predictor
 from bot.model.registry import LoadedModel
+from bot.model.train_command import strategy_bars
 from bot.model.training import build_samples, train_model
 from bot.orders import Side
 from bot.store import models as m
@@ -79,16 +80,6 @@ class Evaluation:
 
     report: dict[str, Any]
     curves: dict[str, tuple[list[datetime], FloatArray]]
-
-
-def _load_bars(config: AppConfig, strategy: StrategyConfig) -> dict[str, list[Bar]]:
-    bars: dict[str, list[Bar]] = {}
-    for symbol in strategy.symbols:
-        loaded, _ = load_csv(config.feed.data_dir / f"{symbol}.csv", symbol, strategy.bar_interval)
-        guard = BarGuard()
-        start = strategy.training.start
-        bars[symbol] = [b for b in loaded if (start is None or b.ts >= start) and guard.check(b) is None]
-    return bars
 
 
 def _fold_starts(start: datetime, end: datetime, folds: int) -> list[datetime]:
@@ -213,7 +204,7 @@ async def evaluate(
     progress: Progress,
 ) -> Evaluation:
     """Run the walk-forward model and every baseline over [start, end)."""
-    bars = _load_bars(config, strategy)
+    bars = strategy_bars(config, strategy, None)
     last = max(series[-1].ts for series in bars.values() if series)
     stop = min(end, last) if end else last
     lstm_folds, linear_folds, target_scale = _fit_folds(

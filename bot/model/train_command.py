@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bot.bars import Bar, BarGuard
-from bot.config import AppConfig
+from bot.config import AppConfig, StrategyConfig
 from bot.feeds import load_csv
 from bot.model import catalog
 from bot.model.registry import next_version, save_model
@@ -14,14 +15,9 @@ from bot.model.training import train_model
 from bot.store.db import ensure_schema, make_engine, session_factory
 
 
-def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, list[Bar]]:
-    """The strategy's bars in its training span, through the same guard the daemon uses.
-
-    The span ends where the replay starts unless [strategies.training] end says otherwise, so that the
-    default `run` trades only on bars the model never saw."""
-    strategy = config.strategy(strategy_name)
+def strategy_bars(config: AppConfig, strategy: StrategyConfig, end: datetime | None) -> dict[str, list[Bar]]:
+    """The strategy's bars from [strategies.training] start to `end`, through the guard the daemon uses."""
     start = strategy.training.start
-    end = strategy.training.end or config.feed.start
     result: dict[str, list[Bar]] = {}
     for symbol in strategy.symbols:
         bars, _ = load_csv(config.feed.data_dir / f"{symbol}.csv", symbol, strategy.bar_interval)
@@ -32,6 +28,13 @@ def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, lis
             if (start is None or b.ts >= start) and (end is None or b.ts < end) and guard.check(b) is None
         ]
     return result
+
+
+def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, list[Bar]]:
+    """The training span: it ends where the replay starts unless [strategies.training] end says otherwise,
+    so that the default `run` trades only on bars the model never saw."""
+    strategy = config.strategy(strategy_name)
+    return strategy_bars(config, strategy, strategy.training.end or config.feed.start)
 
 
 def train_strategy(config: AppConfig, strategy_name: str | None, log: Any) -> Path:

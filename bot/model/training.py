@@ -22,6 +22,7 @@ from torch import nn
 from bot.bars import Bar
 from bot.config import StrategyConfig
 from bot.errors import OperationalError
+from bot.evaluation.metrics import forecast_metrics
 from bot.features import feature_matrix, feature_names
 from bot.model.card import ModelCard
 from bot.model.network import LSTMForecaster
@@ -94,14 +95,12 @@ def build_samples(bars_by_symbol: Mapping[str, Sequence[Bar]], strategy: Strateg
 
 
 def _metrics(pred: npt.NDArray[np.float64], true: npt.NDArray[np.float64]) -> dict[str, float]:
-    moving = true != 0
-    hits = np.sign(pred[moving]) == np.sign(true[moving])
-    ic = float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else 0.0
+    m = forecast_metrics(pred, true)
     return {
-        "mse": float(np.mean((pred - true) ** 2)),
-        "mae": float(np.mean(np.abs(pred - true))),
-        "directional_accuracy": float(hits.mean()) if hits.size else 0.0,
-        "information_coefficient": ic,
+        "mse": m.mse,
+        "mae": m.mae,
+        "directional_accuracy": m.directional_accuracy,
+        "information_coefficient": m.information_coefficient,
     }
 
 

@@ -162,6 +162,31 @@ class ModelSettings(_Section):
     hidden: Annotated[int, Field(ge=4, le=1024)] = 32
     layers: Annotated[int, Field(ge=1, le=3)] = 2
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # Bars ahead the head predicts, each the log return from the next bar's open to the close h bars on.
+    # Decisions use horizon 1 (the bar the order fills in); the others are recorded beside it.
+    horizons: Annotated[list[Annotated[int, Field(ge=1, le=500)]], Field(min_length=1, max_length=8)] = [1]
+    # Offline analysis only: `run` and `backtest` refuse a bidirectional model.
+    bidirectional: bool = False
+    # Multi-asset mode: > 0 learns a vector of this size per symbol, appended to every input row.
+    asset_embedding: Annotated[int, Field(ge=0, le=64)] = 0
+    # "window" re-runs the LSTM over the whole window per bar; "streaming" carries (h, c) per symbol and
+    # runs one step per bar (see bot/model/streaming.py for what that changes).
+    inference: Literal["window", "streaming"] = "window"
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("horizons must not repeat")
+        if 1 not in value:
+            raise ValueError("horizons must include 1: decisions are taken on the next bar's return")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _streaming(self) -> ModelSettings:
+        if self.inference == "streaming" and self.bidirectional:
+            raise ValueError('a bidirectional encoder cannot stream: use inference = "window"')
+        return self
 
 
 class TrainingSettings(_Section):
@@ -179,11 +204,25 @@ class TrainingSettings(_Section):
     # mse, mae, huber; "directional" adds to the MSE a penalty proportional to how far a forecast of the
     # wrong sign went, so the sign, which decides the trade, weighs more than the size.
     loss: Literal["mse", "mae", "huber", "directional"] = "mse"
+    # Cross-validation reported in the card (0 = none): purged k-fold, or walk-forward (expanding, or
+    # rolling over the last rolling_days). Training samples whose labels come within embargo_bars of a test
+    # span are dropped; the default embargo is the longest horizon.
+    cv_folds: Annotated[int, Field(ge=0, le=20)] = 0
+    cv: Literal["purged_kfold", "walk_forward"] = "purged_kfold"
+    embargo_bars: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    walk_forward: Literal["expanding", "rolling"] = "expanding"
+    rolling_days: Annotated[int, Field(ge=1, le=36_500)] = 730
 
     @field_validator("start", "end")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return None if value is None else utc(value)
+
+    @model_validator(mode="after")
+    def _cv(self) -> TrainingSettings:
+        if self.cv == "purged_kfold" and self.cv_folds == 1:
+            raise ValueError("cv_folds: purged k-fold needs at least 2 folds (or 0 for none)")
+        return self
 
 
 class RiskSettings(_Section):
@@ -219,6 +258,12 @@ class StrategyConfig(_Section):
     def _timeframe(cls, value: str) -> str:
         parse_timeframe(value)
         return value
+
+    @property
+    def embargo(self) -> timedelta:
+        """The gap kept between training labels and a test span: embargo_bars, default the longest horizon."""
+        bars = self.training.embargo_bars
+        return self.bar_interval * (max(self.model.horizons) if bars is None else bars)
 
     @field_validator("symbols")
     @classmethod

@@ -23,14 +23,13 @@ from bot.journal import BookState, Journal
 from bot.logs import get_logger
 from bot.model import (
     LoadedModel,
-    Predictor,
     catalog,
     check_compatible,
     latest_version,
     load_model,
     resolve_device,
 )
-from bot.model.forecaster import Forecaster, ModelForecaster
+from bot.model.forecaster import Forecaster, model_forecaster
 from bot.orders import OrderStatus
 from bot.reports import BookStatus, book_status
 from bot.risk import RiskEngine, TradingStateTracker
@@ -61,6 +60,11 @@ def load_strategy_model(index: int, strategy: StrategyConfig) -> LoadedModel:
         check_compatible(loaded.card, strategy)
     except ModelError as exc:
         raise ConfigError(f"strategies[{index}].model_dir", str(exc)) from exc
+    if loaded.card.bidirectional:  # it reads its window backwards too: kept for offline analysis
+        raise ConfigError(
+            f"strategies[{index}].model.bidirectional",
+            "a bidirectional model is for offline analysis (train, evaluate); it never trades",
+        )
     return loaded
 
 
@@ -109,7 +113,7 @@ async def run_daemon(
         runtimes = [
             make_runtime(
                 s,
-                ModelForecaster(Predictor(loaded, device)),
+                model_forecaster(loaded, s.symbols, device, s.model.inference),
                 loaded.card.target_scale,
                 catalog.register(sessions, loaded.card, loaded.path),
             )

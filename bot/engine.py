@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -362,11 +362,20 @@ class Engine:
         predicted = rt.forecaster.predict(ready, np.stack([rt.features.window(b.symbol) for b in ready]))
         positions = {s: p.qty for s, p in self.ledger.positions().items()}
         intents = []
-        for bar, value in zip(ready, predicted.tolist(), strict=True):
+        horizons = rt.forecaster.horizons
+        for bar, values in zip(ready, predicted.tolist(), strict=True):
+            value = values[0]  # decisions are about the next bar; longer horizons are recorded beside it
             prediction = Prediction(rt.name, bar.symbol, bar.ts, value, 1, rt.forecaster.version)
             rt.drift.observe_prediction(bar.symbol, bar.close_time, value)
             target = rt.strategy.target(prediction)
             record.predictions.append((target, rt.model_version_id))
+            record.predictions.extend(
+                (
+                    replace(target, prediction=replace(prediction, predicted_return=v, horizon=h)),
+                    rt.model_version_id,
+                )
+                for h, v in zip(horizons[1:], values[1:], strict=True)
+            )
             view = PortfolioView(
                 equity,
                 self.ledger.cash,

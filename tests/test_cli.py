@@ -41,6 +41,11 @@ start = "2021-03-01T00:00:00Z"
 name = "s"
 symbols = ["SPY"]
 {MODEL_LINE}
+[strategies.features]
+extra = ["macd", "bollinger", "atr", "vwap", "obv", "time"]
+outlier_k = 10.0
+[strategies.model]
+horizons = [1, 5, 20]
 """
 
 
@@ -93,7 +98,7 @@ def test_missing_config_file_and_missing_model(tmp_path: Path, capsys: pytest.Ca
 def test_model_that_does_not_match_the_config_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _config(tmp_path, GOOD.replace(MODEL_LINE, MODEL_LINE + "\n[strategies.model]\nwindow = 16"))
+    config = _config(tmp_path, GOOD.replace("horizons = [1, 5, 20]", "horizons = [1, 5, 20]\nwindow = 16"))
     assert main(["-c", str(config), "run"]) == 2
     assert "window 32 != config strategies.model.window 16" in capsys.readouterr().err
 

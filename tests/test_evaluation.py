@@ -49,7 +49,7 @@ def test_moving_average_crossover_is_long_only_when_fast_is_above_slow() -> None
     signals = []
     for i, close in enumerate(closes):
         ma.observe(bar("A", i, close))
-        signals.append(float(ma.predict([bar("A", i, close)], np.zeros((1, 1, 1)))[0]))
+        signals.append(float(ma.predict([bar("A", i, close)], np.zeros((1, 1, 1)))[0, 0]))
     # No slow average yet, then equal averages (not above), rising above, equal again (11 = 11), below.
     assert signals == [0.0, 0.0, 0.0, 0.0, 0.01, 0.01, 0.0, 0.0]
     with pytest.raises(ValueError, match="fast < slow"):
@@ -62,7 +62,7 @@ def test_linear_forecaster_recovers_a_linear_relation() -> None:
     targets = 0.002 * rows[:, 0] - 0.001 * rows[:, 2] + 0.0005
     model = LinearForecaster.fit(rows, targets, alpha=1e-9)
     windows = rows[:5, None, :].repeat(4, axis=1)
-    assert np.allclose(model.predict([bar("A", 0, 1.0)] * 5, windows), targets[:5], atol=1e-9)
+    assert np.allclose(model.predict([bar("A", 0, 1.0)] * 5, windows)[:, 0], targets[:5], atol=1e-9)
     shrunk = LinearForecaster.fit(rows, targets, alpha=10.0)
     assert np.abs(shrunk.predict([bar("A", 0, 1.0)] * 5, windows) - 0.0005).max() < 1e-3
 
@@ -74,9 +74,9 @@ def test_walk_forward_uses_the_fold_fitted_before_each_bar() -> None:
     ]
     wf = WalkForwardForecaster("wf", list(reversed(folds)))
     window = np.zeros((1, 1, 1))
-    assert wf.predict([bar("A", 0, 1.0)], window)[0] == 1.0
-    assert wf.predict([bar("A", 9, 1.0)], window)[0] == 1.0
-    assert wf.predict([bar("A", 10, 1.0)], window)[0] == 2.0
+    assert wf.predict([bar("A", 0, 1.0)], window)[0, 0] == 1.0
+    assert wf.predict([bar("A", 9, 1.0)], window)[0, 0] == 1.0
+    assert wf.predict([bar("A", 10, 1.0)], window)[0, 0] == 2.0
 
 
 def test_evaluate_on_held_out_bars(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

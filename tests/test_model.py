@@ -169,7 +169,10 @@ def test_targets_are_the_next_bars_open_to_close_log_return_clipped(
     starts = np.asarray([offset for _, offset, _, _ in segments])
 
     # Every sample: the target is the bar right after the window's last bar, of the same symbol.
-    for end, target, target_time in zip(samples.ends, samples.targets, samples.target_times, strict=True):
+    assert samples.targets.shape == (len(samples.ends), 1)  # one horizon: the next bar
+    for end, target, target_time in zip(
+        samples.ends, samples.targets[:, 0], samples.target_times, strict=True
+    ):
         symbol, offset, _, first = segments[int(np.searchsorted(starts, end, side="right")) - 1]
         j = first + int(end) - offset  # the bar the window ends on
         nxt = bars[symbol][j + 1]
@@ -191,7 +194,7 @@ def test_targets_are_the_next_bars_open_to_close_log_return_clipped(
     }
     found = {
         (symbol_of_end[int(end)], datetime.fromtimestamp(int(t), UTC)): float(y)
-        for end, t, y in zip(samples.ends, samples.target_times, samples.targets, strict=True)
+        for end, t, y in zip(samples.ends, samples.target_times, samples.targets[:, 0], strict=True)
     }
     for (symbol, ts), expected in by_hand.items():
         assert found[(symbol, datetime.fromisoformat(ts))] == pytest.approx(expected, rel=1e-12, abs=0), ts
@@ -252,10 +255,11 @@ def test_the_scaler_never_sees_bars_after_the_training_cut(
 ) -> None:
     cut = card_time(trained.card.training_span["end"])
 
-    # The scaler is the plain mean/std of the feature rows of bars before the cut, all symbols pooled.
+    # The scaler is the plain mean/std of the feature rows the training windows hold, all symbols pooled:
+    # with one horizon, the rows of bars whose next bar (the one a decision fills in) is before the cut.
     before = np.concatenate(
         [
-            rows[[b.ts < cut for b in bars[s][first:]]]
+            rows[[bars[s][first + i + 1].ts < cut for i in range(len(rows) - 1)] + [False]]
             for s in sorted(bars)
             for rows, first in [feature_matrix(bars[s], strategy.features)]
         ]
@@ -378,7 +382,7 @@ def test_load_model_round_trips_weights_card_and_predictions(
     got = Predictor(loaded).predict(windows)
     in_memory = Predictor(LoadedModel(trained.card, trained.network, folder)).predict(windows)
     assert got.dtype == np.float64
-    assert got.shape == (len(windows),)
+    assert got.shape == (len(windows), 1)
     assert np.array_equal(got, in_memory)
 
     # The predictor scales with the card's training statistics and undoes the target scale.
@@ -386,7 +390,7 @@ def test_load_model_round_trips_weights_card_and_predictions(
     std = np.asarray(trained.card.scaler_std, dtype=np.float32)
     with torch.inference_mode():
         raw = trained.network(torch.from_numpy((windows - mean) / std))[:, 0].double().numpy()
-    np.testing.assert_allclose(got, raw * trained.card.target_scale, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(got[:, 0], raw * trained.card.target_scale, rtol=1e-6, atol=1e-12)
     assert np.std(got) > 0
 
 
@@ -507,7 +511,7 @@ def test_batched_predictions_equal_one_window_at_a_time(
     windows = np.concatenate([engine_windows(bars[s], strategy, every=41) for s in SYMBOLS])
     batched = predictor.predict(windows)
     single = np.concatenate([predictor.predict(w[None]) for w in windows])
-    assert batched.shape == (len(windows),)
+    assert batched.shape == (len(windows), 1)
     np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6)
     assert np.isfinite(batched).all()
     assert len(np.unique(batched)) > len(windows) // 2
@@ -554,8 +558,10 @@ def test_the_bundled_model_matches_the_repo_config(repo_config: AppConfig) -> No
     assert card.timeframe == strategy.timeframe
     assert FeatureSettings.model_validate(card.feature_settings) == strategy.features
     assert card.architecture == {"kind": "lstm", "n_features": len(card.features)} | {
-        k: getattr(strategy.model, k) for k in ("hidden", "layers", "dropout")
+        k: getattr(strategy.model, k)
+        for k in ("hidden", "layers", "dropout", "bidirectional", "asset_embedding")
     }
+    assert card.horizons == strategy.model.horizons
     assert len(card.scaler_mean) == len(card.scaler_std) == len(card.features)
     assert all(s > 0 for s in card.scaler_std)
 

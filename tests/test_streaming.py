@@ -18,12 +18,13 @@ import torch
 from bot.model.card import ModelCard
 from bot.model.network import LSTMForecaster
 from bot.model.predictor import Predictor
-from bot.model.registry import LoadedModel, load_model
+from bot.model.registry import LoadedModel, latest_version, load_model
 from bot.model.streaming import Agreement, StreamingPredictor, window_and_stream
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED = REPO / "models" / "lstm-equities" / "0001"
+BUNDLED = latest_version(REPO / "models" / "lstm-equities")
 N_FEATURES, HIDDEN = 5, 12
+SYMBOLS = ("A", "B", "C", "D", "E")
 BACKENDS = ["numpy", "torch"]  # both on the CPU: the torch backend is the one CUDA would use
 
 Rows = npt.NDArray[np.float32]
@@ -38,11 +39,21 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def make_model(layers: int, seed: int = 0, window: int = 8, n_features: int = N_FEATURES) -> LoadedModel:
-    """Random weights, a non-trivial scaler and target scale (so that both are exercised)."""
+def make_model(
+    layers: int,
+    seed: int = 0,
+    window: int = 8,
+    n_features: int = N_FEATURES,
+    horizons: tuple[int, ...] = (1,),
+    embedding: int = 0,
+) -> LoadedModel:
+    """Random weights, a non-trivial scaler and target scales (so that both are exercised); with
+    `embedding`, a multi-asset model over SYMBOLS."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    network = LSTMForecaster(n_features, HIDDEN, layers, dropout=0.0).eval()
+    network = LSTMForecaster(
+        n_features, HIDDEN, layers, 0.0, len(horizons), n_assets=len(SYMBOLS), asset_embedding=embedding
+    ).eval()
     card = ModelCard(
         name="stream-test",
         version="0001",
@@ -50,13 +61,19 @@ def make_model(layers: int, seed: int = 0, window: int = 8, n_features: int = N_
         features=[f"f{i}" for i in range(n_features)],
         feature_settings={},
         window=window,
-        horizons=[1],
+        horizons=list(horizons),
         target="test",
-        architecture={"kind": "lstm", "n_features": n_features, "hidden": HIDDEN, "layers": layers},
+        architecture={
+            "kind": "lstm",
+            "n_features": n_features,
+            "hidden": HIDDEN,
+            "layers": layers,
+            "asset_embedding": embedding,
+        },
         scaler_mean=rng.normal(0.0, 0.5, n_features).tolist(),
         scaler_std=rng.uniform(0.5, 2.0, n_features).tolist(),
-        target_scale=0.37,
-        symbols=[],
+        target_scales=[0.37 * h**0.5 for h in horizons],
+        symbols=list(SYMBOLS),
         timeframe="1h",
         training_span={},
         validation_span={},
@@ -66,13 +83,17 @@ def make_model(layers: int, seed: int = 0, window: int = 8, n_features: int = N_
     return LoadedModel(card, network, Path())
 
 
-def reference(model: LoadedModel, history: Rows) -> tuple[float, Rows, Rows]:
-    """nn.LSTM over the whole history from a zero state: (prediction, h_n, c_n), float64 math aside."""
+def reference(model: LoadedModel, history: Rows, symbol: str = "A") -> tuple[Rows, Rows, Rows]:
+    """nn.LSTM over the whole history from a zero state: (predictions per horizon, h_n, c_n)."""
     card = model.card
     scaled = (history - np.asarray(card.scaler_mean, np.float32)) / np.asarray(card.scaler_std, np.float32)
+    x = torch.from_numpy(scaled[None])
+    assets = torch.tensor([SYMBOLS.index(symbol)])
     with torch.inference_mode():
-        out, (h_n, c_n) = model.network.lstm(torch.from_numpy(scaled[None]))
-        predicted = float(model.network.head(out[:, -1])[0, 0]) * card.target_scale
+        predicted = model.network(x, assets)[0].numpy() * np.asarray(card.target_scales)
+        if model.network.embedding is not None:
+            x = torch.cat((x, model.network.embedding(assets)[:, None].expand(-1, len(history), -1)), dim=2)
+        _, (h_n, c_n) = model.network.lstm(x)
     return predicted, h_n[:, 0].numpy(), c_n[:, 0].numpy()
 
 
@@ -83,10 +104,15 @@ def random_rows(model: LoadedModel, rng: np.random.Generator, n: int) -> Rows:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("layers", [1, 2, 3])
-def test_stepping_equals_nn_lstm_over_each_symbols_history(layers: int, backend: Any) -> None:
-    model = make_model(layers)
-    symbols = ["A", "B", "C", "D", "E"]
+@pytest.mark.parametrize(
+    ("layers", "horizons", "embedding"),
+    [(1, (1,), 0), (2, (1,), 0), (3, (1,), 0), (2, (1, 5, 20), 0), (2, (1, 5), 3)],
+)
+def test_stepping_equals_nn_lstm_over_each_symbols_history(
+    layers: int, horizons: tuple[int, ...], embedding: int, backend: Any
+) -> None:
+    model = make_model(layers, horizons=horizons, embedding=embedding)
+    symbols = list(SYMBOLS)
     stream = StreamingPredictor(model, symbols, backend=backend)
     rng = np.random.default_rng(layers)
     history: dict[str, list[Rows]] = {s: [] for s in symbols}
@@ -112,10 +138,10 @@ def test_stepping_equals_nn_lstm_over_each_symbols_history(layers: int, backend:
             continue
         rows = random_rows(model, rng, len(batch))
         predicted = stream.step(batch, rows)
-        assert predicted.shape == (len(batch),) and predicted.dtype == np.float64
+        assert predicted.shape == (len(batch), len(horizons)) and predicted.dtype == np.float64
         for symbol, row, value in zip(batch, rows, predicted, strict=True):
             history[symbol].append(row)
-            expected, h_n, c_n = reference(model, np.stack(history[symbol]))
+            expected, h_n, c_n = reference(model, np.stack(history[symbol]), symbol)
             np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
             h, c = stream.state(symbol)
             np.testing.assert_allclose(h, h_n, rtol=1e-5, atol=1e-6)
@@ -155,13 +181,13 @@ def test_warm_equals_stepping_row_by_row(backend: Any) -> None:
         warmed.step(["X"], row[None])
         stepped.step(["X"], row[None])
     from_warm = warmed.warm("X", rows)
-    from_steps = np.array([stepped.step(["X"], row[None])[0] for row in rows])
+    from_steps = np.concatenate([stepped.step(["X"], row[None]) for row in rows])
     np.testing.assert_allclose(from_warm, from_steps, rtol=1e-5, atol=1e-7)
     for a, b in zip(warmed.state("X"), stepped.state("X"), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert warmed.steps("X") == stepped.steps("X") == 23
     assert not warmed.state("Y")[0].any()
-    assert warmed.warm("Y", np.zeros((0, N_FEATURES))).shape == (0,)
+    assert warmed.warm("Y", np.zeros((0, N_FEATURES))).shape == (0, 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -208,7 +234,7 @@ def test_bad_input_is_refused_without_touching_state() -> None:
     after = [stream.state(s) for s in ("A", "B")]
     for (h0, c0), (h1, c1) in zip(before, after, strict=True):
         assert np.array_equal(h0, h1) and np.array_equal(c0, c1)
-    assert stream.step([], np.zeros((0, N_FEATURES))).shape == (0,)
+    assert stream.step([], np.zeros((0, N_FEATURES))).shape == (0, 1)
     with pytest.raises(ValueError, match="twice"):
         StreamingPredictor(model, ["A", "A"])
     with pytest.raises(ValueError, match="numpy backend"):

@@ -21,6 +21,8 @@ from bot.model.forecaster import FloatArray, Forecaster
 class ConstantForecaster:
     """Always the same forecast: 0 is the always-flat baseline, +signal is buy-and-hold."""
 
+    horizons = (1,)  # next bar only
+
     def __init__(self, name: str, value: float) -> None:
         self._name = name
         self._value = value
@@ -35,7 +37,7 @@ class ConstantForecaster:
 
     def predict(self, bars: Sequence[Bar], windows: npt.NDArray[np.floating[Any]]) -> FloatArray:
         """The constant, for every bar."""
-        return np.full(len(bars), self._value)
+        return np.full((len(bars), 1), self._value)
 
 
 class MovingAverageCrossover:
@@ -43,6 +45,8 @@ class MovingAverageCrossover:
 
     Each average is summed afresh from the last closes (O(slow) a bar, cheap at these sizes) rather than
     kept as a running sum, whose rounding would depend on how long the history is."""
+
+    horizons = (1,)  # next bar only
 
     def __init__(self, fast: int, slow: int, signal: float) -> None:
         if not 1 <= fast < slow:
@@ -61,19 +65,21 @@ class MovingAverageCrossover:
 
     def predict(self, bars: Sequence[Bar], windows: npt.NDArray[np.floating[Any]]) -> FloatArray:
         """+signal where fast > slow (with a full slow window), else 0."""
-        out = np.zeros(len(bars))
+        out = np.zeros((len(bars), 1))
         for i, bar in enumerate(bars):
             closes = self._closes.get(bar.symbol)
             if closes is None or len(closes) < self._slow:
                 continue
             history = list(closes)
             if sum(history[-self._fast :]) / self._fast > sum(history) / self._slow:
-                out[i] = self._signal
+                out[i, 0] = self._signal
         return out
 
 
 class LinearForecaster:
     """Ridge regression of the next-bar return on the latest feature row (the LSTM's inputs, no sequence)."""
+
+    horizons = (1,)  # next bar only
 
     def __init__(self, coef: FloatArray, intercept: float, mean: FloatArray, std: FloatArray) -> None:
         self._coef, self._intercept, self._mean, self._std = coef, intercept, mean, std
@@ -100,7 +106,8 @@ class LinearForecaster:
     def predict(self, bars: Sequence[Bar], windows: npt.NDArray[np.floating[Any]]) -> FloatArray:
         """Linear in the last row of each window."""
         last = np.asarray(windows[:, -1, :], dtype=np.float64)
-        return np.asarray(((last - self._mean) / self._std) @ self._coef + self._intercept, dtype=np.float64)
+        predicted = ((last - self._mean) / self._std) @ self._coef + self._intercept
+        return np.asarray(predicted[:, None], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,11 @@ class WalkForwardForecaster:
             raise ValueError("walk-forward needs at least one fold")
         self._name = name
         self._folds = sorted(folds, key=lambda f: f.start)
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        """The folds' horizons (every fold is fitted with the same settings)."""
+        return self._folds[0].forecaster.horizons
 
     @property
     def version(self) -> str:

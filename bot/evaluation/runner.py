@@ -10,12 +10,13 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,8 +42,7 @@ from bot.evaluation.metrics import (
 )
 from bot.feeds import ReplayFeed
 from bot.journal import Journal
-from bot.model.forecaster import Forecaster, ModelForecaster
-from bot.model.predictor import Predictor
+from bot.model.forecaster import Forecaster, model_forecaster
 from bot.model.registry import LoadedModel
 from bot.model.train_command import strategy_bars
 from bot.model.training import build_samples, train_model
@@ -86,8 +86,18 @@ def _fold_starts(start: datetime, end: datetime, folds: int) -> list[datetime]:
     return [start + (end - start) * k / folds for k in range(folds)]
 
 
-def _before(bars: Mapping[str, list[Bar]], ts: datetime) -> dict[str, list[Bar]]:
-    return {s: [b for b in series if b.ts < ts] for s, series in bars.items()}
+def _training_history(
+    bars: Mapping[str, list[Bar]], strategy: StrategyConfig, fold_start: datetime
+) -> dict[str, list[Bar]]:
+    """The bars a fold may learn from: every label ends before the fold starts (samples need their whole
+    horizon inside the history), minus the embargo; the last rolling_days of that for a rolling window."""
+    end = fold_start - strategy.embargo
+    training = strategy.training
+    begin = end - timedelta(days=training.rolling_days) if training.walk_forward == "rolling" else None
+    return {
+        symbol: [b for b in series if b.ts < end and (begin is None or b.ts >= begin)]
+        for symbol, series in bars.items()
+    }
 
 
 def _fit_folds(
@@ -100,17 +110,20 @@ def _fit_folds(
     """Per fold, an LSTM and a ridge model fitted only on bars before the fold starts."""
     lstm_folds, linear_folds = [], []
     target_scale = 1.0
+    cpu = torch.device("cpu")
     for k, fold_start in enumerate(starts, start=1):
-        history = _before(bars, fold_start)
+        history = _training_history(bars, strategy, fold_start)
         progress(
             "fold",
             {"fold": k, "train_until": fold_start.isoformat(), "bars": sum(len(b) for b in history.values())},
         )
         result = train_model(history, strategy, version=f"wf{k}")
         loaded = LoadedModel(result.card, result.network, Path())
-        lstm_folds.append(Fold(fold_start, ModelForecaster(Predictor(loaded))))
+        lstm_folds.append(
+            Fold(fold_start, model_forecaster(loaded, strategy.symbols, cpu, strategy.model.inference))
+        )
         samples = build_samples(history, strategy)
-        linear = LinearForecaster.fit(samples.rows[samples.ends], samples.targets, settings.ridge_alpha)
+        linear = LinearForecaster.fit(samples.rows[samples.ends], samples.targets[:, 0], settings.ridge_alpha)
         linear_folds.append(Fold(fold_start, linear))
         target_scale = result.card.target_scale
     return lstm_folds, linear_folds, target_scale
@@ -173,7 +186,7 @@ def _read_book(
         fills = session.scalars(select(m.Fill).where(m.Fill.book_id == book_id)).all()
         preds = session.execute(
             select(m.Prediction.symbol, m.Prediction.bar_ts, m.Prediction.predicted_return).where(
-                m.Prediction.book_id == book_id
+                m.Prediction.book_id == book_id, m.Prediction.horizon == 1
             )
         ).all()
     slip = slippage_bps / Decimal(10_000)

@@ -26,7 +26,7 @@ class ModelCard:
     architecture: dict[str, Any]
     scaler_mean: list[float]
     scaler_std: list[float]
-    target_scale: float
+    target_scales: list[float]  # per horizon: the training targets' standard deviation
     symbols: list[str]
     timeframe: str
     training_span: dict[str, str]
@@ -37,6 +37,16 @@ class ModelCard:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)  # the latest `paperbot evaluate` report
 
+    @property
+    def target_scale(self) -> float:
+        """The decision horizon's (1 bar) target scale."""
+        return self.target_scales[self.horizons.index(1)]
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether the encoder reads the window both ways (offline analysis only)."""
+        return bool(self.architecture.get("bidirectional", False))
+
     def to_json(self) -> str:
         """Pretty JSON, stable key order."""
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -45,6 +55,8 @@ class ModelCard:
     def from_json(cls, text: str) -> ModelCard:
         """Parse a card; unknown keys are an error so a newer card is not half-read."""
         data = json.loads(text)
+        if "target_scale" in data:  # cards written before multi-horizon heads
+            data["target_scales"] = [data.pop("target_scale")]
         return cls(**data)
 
     @classmethod

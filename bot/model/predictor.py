@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 class Predictor:
-    """Scales windows with the card's training-set statistics and returns predicted returns."""
+    """Scales windows with the card's training-set statistics and returns predicted returns per horizon."""
 
     def __init__(self, model: LoadedModel, device: torch.device | None = None) -> None:
         self.card = model.card
@@ -32,16 +33,47 @@ class Predictor:
         self._network = model.network.to(self.device).eval()
         self._mean = np.asarray(model.card.scaler_mean, dtype=np.float32)
         self._std = np.asarray(model.card.scaler_std, dtype=np.float32)
-        self._scale = float(model.card.target_scale)
+        self._scales = np.asarray(model.card.target_scales, dtype=np.float64)
+        self._assets = (
+            {s: i for i, s in enumerate(model.card.symbols)}
+            if model.card.architecture.get("asset_embedding")
+            else None
+        )
 
-    def predict(self, windows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
-        """(batch, window, features) raw feature windows -> (batch,) predicted next-bar log return."""
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        """Bars ahead of each output column."""
+        return tuple(self.card.horizons)
+
+    def asset_index(self, symbols: Sequence[str]) -> torch.Tensor | None:
+        """Each symbol's row in the asset embedding (None for a model without one)."""
+        if self._assets is None:
+            return None
+        try:
+            index = [self._assets[s] for s in symbols]
+        except KeyError as exc:
+            raise ModelError(
+                f"model {self.card.name}/{self.card.version} has no embedding for {exc}"
+            ) from None
+        return torch.tensor(index, dtype=torch.long, device=self.device)
+
+    def predict(
+        self, windows: npt.NDArray[np.floating[Any]], symbols: Sequence[str] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """(batch, window, features) raw feature windows -> (batch, horizons) predicted log returns.
+
+        `symbols` (one per window) is needed by a multi-asset model."""
         if windows.ndim != 3 or windows.shape[1:] != (self.card.window, len(self.card.features)):
             raise ValueError(f"windows shape {windows.shape} does not fit the model card")
+        assets = None
+        if self._assets is not None:
+            if symbols is None or len(symbols) != len(windows):
+                raise ValueError("a multi-asset model needs one symbol per window")
+            assets = self.asset_index(symbols)
         scaled = (np.asarray(windows, dtype=np.float32) - self._mean) / self._std
         with torch.inference_mode():
-            out = self._network(torch.from_numpy(np.ascontiguousarray(scaled)).to(self.device))
-        return np.asarray(out[:, 0].double().cpu().numpy() * self._scale, dtype=np.float64)
+            out = self._network(torch.from_numpy(np.ascontiguousarray(scaled)).to(self.device), assets)
+        return np.asarray(out.double().cpu().numpy() * self._scales, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from bot.config import FeatureSettings, StrategyConfig
+from bot.config import FeatureSettings, ModelSettings, StrategyConfig
 from bot.errors import ModelError
 from bot.features import feature_names
 from bot.model.card import CARD_FILE, WEIGHTS_FILE, ModelCard
@@ -78,10 +78,7 @@ def load_model(folder: Path) -> LoadedModel:
     """Rebuild the network from its card and load the state_dict (weights only: no pickled code)."""
     try:
         card = ModelCard.read(folder)
-        arch = card.architecture
-        network = LSTMForecaster(
-            arch["n_features"], arch["hidden"], arch["layers"], arch["dropout"], len(card.horizons)
-        )
+        network = LSTMForecaster.from_architecture(card.architecture, len(card.horizons), len(card.symbols))
         network.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     except Exception as exc:  # a damaged file raises whatever its bytes provoke (pickle, EOF, index errors)
         raise ModelError(f"cannot load model {folder}: {type(exc).__name__}: {exc}") from exc
@@ -110,6 +107,16 @@ def check_compatible(card: ModelCard, strategy: StrategyConfig) -> None:
             problems.append(f"feature settings differ in {changed}")
     if card.timeframe != strategy.timeframe:
         problems.append(f"timeframe {card.timeframe} != config {strategy.timeframe}")
+    if card.horizons != strategy.model.horizons:
+        problems.append(f"horizons {card.horizons} != config {strategy.model.horizons}")
+    for key in ("bidirectional", "asset_embedding"):
+        trained_value = card.architecture.get(key, getattr(ModelSettings(), key))
+        if trained_value != getattr(strategy.model, key):
+            problems.append(f"{key} {trained_value} != config {getattr(strategy.model, key)}")
+    if card.architecture.get("asset_embedding"):
+        unknown = sorted(set(strategy.symbols) - set(card.symbols))
+        if unknown:
+            problems.append(f"the asset embedding has no vector for {unknown}")
     if problems:
         raise ModelError(
             f"model {card.name}/{card.version} does not match strategy {strategy.name}: "

@@ -75,7 +75,7 @@ class _Ops(Protocol[A, X]):
     def gather_columns(self, src: A, idx: X, out: A) -> None: ...
     def scatter_columns(self, dst: A, idx: X, src: A) -> None: ...
     def load_columns(self, dst: A, idx: X | None, host: FloatArray) -> None: ...
-    def head(self, weight: A, bias: float, h: A) -> FloatArray: ...
+    def head(self, weight: A, bias: A, h: A) -> FloatArray: ...
 
 
 class _NumpyOps:
@@ -124,9 +124,9 @@ class _NumpyOps:
         else:
             dst[:, idx] = host.T
 
-    def head(self, weight: FloatArray, bias: float, h: FloatArray) -> FloatArray:
+    def head(self, weight: FloatArray, bias: FloatArray, h: FloatArray) -> FloatArray:
         out: FloatArray = np.matmul(weight, h)
-        out += np.float32(bias)
+        out += bias
         return out
 
 
@@ -173,7 +173,7 @@ class _TorchOps:
         else:
             dst.index_copy_(1, idx, values)
 
-    def head(self, weight: torch.Tensor, bias: float, h: torch.Tensor) -> FloatArray:
+    def head(self, weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> FloatArray:
         return np.asarray((weight @ h + bias).cpu().numpy(), dtype=np.float32)
 
 
@@ -258,8 +258,8 @@ class _Core(Generic[A, X]):
         self.hidden = lstm.hidden_size
         self.n_layers = lstm.num_layers
         self.layers: list[_Layer[A]] = _rearranged_layers(lstm, ops)
-        self.head_weight: A = ops.from_host(head.weight.detach().float().cpu().numpy()[0].copy())
-        self.head_bias = float(head.bias.detach().float().cpu()[0])
+        self.head_weight: A = ops.from_host(head.weight.detach().float().cpu().numpy())  # (horizons, H)
+        self.head_bias: A = ops.from_host(head.bias.detach().float().cpu().numpy()[:, None])
         self.storage: _Frame[A] = _Frame(ops, self.n_features, self.hidden, self.n_layers, n_symbols)
         self.workspaces: OrderedDict[int, _Frame[A]] = OrderedDict()
         self.last_h = self.n_features + 1 + (self.n_layers - 1) * self.hidden  # first row of h_{L-1}
@@ -276,7 +276,7 @@ class _Core(Generic[A, X]):
         return frame
 
     def step(self, plan: _Plan[X], scaled: FloatArray) -> FloatArray:
-        """Advance the planned symbols by one row each (scaled features); their head outputs, float32."""
+        """Advance the planned symbols by one row each (scaled inputs); head outputs (horizons, batch)."""
         ops, f = self.ops, self.n_features
         with ops.context():
             if plan.whole:
@@ -293,7 +293,7 @@ class _Core(Generic[A, X]):
                 ops.scatter_columns(self.storage.c, plan.backend_idx, frame.c)
             out = ops.head(self.head_weight, self.head_bias, frame.z[self.last_h :])
         if plan.whole and not plan.in_order:
-            permuted: FloatArray = out[plan.idx]  # storage order -> batch order
+            permuted: FloatArray = out[:, plan.idx]  # storage order -> batch order
             return permuted
         return out
 
@@ -320,9 +320,10 @@ class _Core(Generic[A, X]):
 class StreamingPredictor:
     """Carries (h, c) per symbol and LSTM layer; `step` advances a batch of symbols by one feature row.
 
-    Predictions are in the same units as `Predictor.predict` (the card's scaler is applied to the raw rows,
-    the head's first horizon is multiplied by the card's target scale): stepping a symbol from a zero
-    state through rows r_1..r_t gives what nn.LSTM gives for the window [r_1..r_t] (tested to 1e-5).
+    Predictions are in the same units as `Predictor.predict`, (batch, horizons) (the card's scaler is
+    applied to the raw rows, each horizon is multiplied by its target scale): stepping a symbol from a zero
+    state through rows r_1..r_t gives what nn.LSTM gives for the window [r_1..r_t] (tested to 1e-5). A
+    multi-asset model's embedding vector is appended to each symbol's scaled row, as in the network.
 
     `symbols` is fixed at construction, as in FeatureEngine. `device` as in Predictor (default CPU);
     `backend` "auto" uses numpy on CPU and torch elsewhere. `threads`: torch threads for batches of 32
@@ -349,16 +350,25 @@ class StreamingPredictor:
             raise ValueError(
                 "StreamingPredictor supports a unidirectional nn.LSTM with biases, no projection"
             )
-        if lstm.input_size != len(self.card.features):
-            raise ValueError(
-                f"the network takes {lstm.input_size} features, the card lists {self.card.features}"
-            )
+        embedding = model.network.embedding
+        width = len(self.card.features) + (0 if embedding is None else embedding.embedding_dim)
+        if lstm.input_size != width:
+            raise ValueError(f"the network takes {lstm.input_size} inputs, the card implies {width}")
         self._symbols: dict[str, int] = {}
         for symbol in symbols:
             if symbol in self._symbols:
                 raise ValueError(f"symbol {symbol!r} given twice")
             self._symbols[symbol] = len(self._symbols)
         n = len(self._symbols)
+        # Multi-asset: each storage column's embedding vector, appended to its scaled rows.
+        self._vectors: FloatArray | None = None
+        if embedding is not None:
+            assets = {s: i for i, s in enumerate(self.card.symbols)}
+            unknown = sorted(set(self._symbols) - set(assets))
+            if unknown:
+                raise ValueError(f"the asset embedding has no vector for {unknown}")
+            table = embedding.weight.detach().float().cpu().numpy()
+            self._vectors = np.ascontiguousarray(table[[assets[s] for s in self._symbols]])
         if backend == "auto":
             backend = "numpy" if self.device.type == "cpu" else "torch"
         self.backend: Literal["numpy", "torch"] = backend
@@ -375,7 +385,7 @@ class StreamingPredictor:
         self._head = copy.deepcopy(head).float().to(self.device).eval()
         self._mean = np.asarray(self.card.scaler_mean, dtype=np.float32)
         self._std = np.asarray(self.card.scaler_std, dtype=np.float32)
-        self._scale = float(self.card.target_scale)
+        self._scales = np.asarray(self.card.target_scales, dtype=np.float64)
         self._steps = np.zeros(n, dtype=np.int64)
         self._plans: OrderedDict[tuple[str, ...], _Plan[Any]] = OrderedDict()
 
@@ -399,7 +409,7 @@ class StreamingPredictor:
         return int(self._steps[self._column(symbol)])
 
     def step(self, symbols: Sequence[str], rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
-        """Feed each symbol its next raw feature row; (B,) predicted next-bar log returns, in batch order.
+        """Feed each symbol its next raw feature row; (B, horizons) predicted log returns, in batch order.
 
         `rows` is (B, n_features), unscaled, one row per symbol in `symbols` (distinct symbols). Raises
         before changing any state: KeyError for an unknown symbol, ValueError for a bad shape, a repeated
@@ -407,10 +417,12 @@ class StreamingPredictor:
         """
         rows32 = self._checked_rows(rows, len(symbols))
         if len(symbols) == 0:
-            return np.zeros(0, dtype=np.float64)
+            return np.zeros((0, len(self._scales)), dtype=np.float64)
         plan = self._plan(symbols)
         # The same float32 arithmetic as Predictor.predict, so both see bit-identical scaled inputs.
         scaled = (rows32 - self._mean) / self._std
+        if self._vectors is not None:
+            scaled = np.concatenate((scaled, self._vectors[plan.idx]), axis=1)
         before = torch.get_num_threads()
         threads = self._threads if len(plan.idx) >= _TORCH_GEMM_FROM else None
         if threads is None or threads == before:
@@ -422,10 +434,10 @@ class StreamingPredictor:
             finally:
                 torch.set_num_threads(before)
         self._steps[plan.idx] += 1
-        return np.asarray(out.astype(np.float64) * self._scale, dtype=np.float64)
+        return np.asarray(out.T.astype(np.float64) * self._scales, dtype=np.float64)
 
     def warm(self, symbol: str, rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
-        """Feed `symbol` a sequence of raw rows (T, n_features) at once; (T,) predictions, one per row.
+        """Feed `symbol` a sequence of raw rows (T, n_features) at once; (T, horizons) predictions.
 
         Same result as T calls of `step` (to float rounding), in one nn.LSTM call from the current state:
         for catching up on history at start-up.
@@ -433,20 +445,24 @@ class StreamingPredictor:
         rows32 = self._checked_rows(rows, None)
         col = self._column(symbol)
         if len(rows32) == 0:
-            return np.zeros(0, dtype=np.float64)
+            return np.zeros((0, len(self._scales)), dtype=np.float64)
         scaled = (rows32 - self._mean) / self._std
+        if self._vectors is not None:
+            scaled = np.concatenate(
+                (scaled, np.repeat(self._vectors[col][None], len(scaled), axis=0)), axis=1
+            )
         h0, c0 = self.state(symbol)
         with torch.inference_mode():
             x = torch.from_numpy(scaled[None]).to(self.device)
             h = torch.from_numpy(h0[:, None, :]).to(self.device)
             c = torch.from_numpy(c0[:, None, :]).to(self.device)
             out, (h_n, c_n) = self._lstm(x, (h, c))
-            predicted = self._head(out[0])[:, 0].double().cpu().numpy()
+            predicted = self._head(out[0]).double().cpu().numpy()
             h_last = h_n[:, 0, :].float().cpu().numpy()
             c_last = c_n[:, 0, :].float().cpu().numpy()
         self._set_state(col, h_last, c_last)
         self._steps[col] += len(rows32)
-        return np.asarray(predicted * self._scale, dtype=np.float64)
+        return np.asarray(predicted * self._scales, dtype=np.float64)
 
     def reset(self, symbol: str) -> None:
         """Zero `symbol`'s state, as if it had never been fed a row."""
@@ -549,21 +565,23 @@ class Agreement:
 
 
 def window_and_stream(
-    model: LoadedModel, rows: npt.NDArray[np.floating[Any]]
+    model: LoadedModel, rows: npt.NDArray[np.floating[Any]], symbol: str | None = None
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Both paths over one symbol's consecutive raw rows (T, n_features): (window, stream) predictions for
-    rows[window - 1:], the window path as Predictor sees FeatureEngine's windows, the stream fed every row
-    from a zero state at rows[0]. `Agreement.of(stream, window)` then says what streaming would change for
-    this model: a window model that forgets fast (forget gates well below 1) streams almost exactly.
+    """Both paths over one symbol's consecutive raw rows (T, n_features): (window, stream) next-bar
+    predictions for rows[window - 1:], the window path as Predictor sees FeatureEngine's windows, the stream
+    fed every row from a zero state at rows[0]. `Agreement.of(stream, window)` then says what streaming
+    would change for this model: a window model that forgets fast (forget gates well below 1) streams almost
+    exactly. `symbol` matters to a multi-asset model only (default: the card's first symbol).
     """
     rows32 = np.asarray(rows, dtype=np.float32)
     window = model.card.window
     if rows32.ndim != 2 or len(rows32) < window:
         raise ValueError(f"need (T >= {window}, n_features) rows, got shape {rows32.shape}")
+    name = symbol or model.card.symbols[0]
     # Private copies: Predictor moves the network it is given, and the caller's may be on another device.
     own = LoadedModel(model.card, copy.deepcopy(model.network).cpu(), model.path)
     windows = np.lib.stride_tricks.sliding_window_view(rows32, window, axis=0).transpose(0, 2, 1)
-    by_window = Predictor(own).predict(np.ascontiguousarray(windows))
-    stream = StreamingPredictor(own, ["_"])
-    by_stream = np.concatenate([stream.step(["_"], row[None]) for row in rows32])[window - 1 :]
+    by_window = Predictor(own).predict(np.ascontiguousarray(windows), [name] * len(windows))[:, 0]
+    stream = StreamingPredictor(own, [name])
+    by_stream = np.concatenate([stream.step([name], row[None])[:, 0] for row in rows32])[window - 1 :]
     return by_window, by_stream

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,8 +27,12 @@ from bot.evaluation.metrics import forecast_metrics
 from bot.features import feature_matrix, feature_names
 from bot.model.card import ModelCard
 from bot.model.network import LSTMForecaster
+from bot.model.splits import Split, holdout, purged_kfold, walk_forward
 
-TARGET = "log(close[t+1] / open[t+1]), clipped to +-return_clip"
+TARGET = (
+    "log(close[t+h] / open[t+1]) for each horizon h, clipped to +-return_clip*sqrt(h), scaled by its "
+    "training standard deviation"
+)
 
 ProgressFn = Callable[[dict[str, float]], None]
 
@@ -39,8 +44,10 @@ class Samples:
     rows: npt.NDArray[np.float64]
     row_times: npt.NDArray[np.int64]  # epoch seconds of each row's bar open
     ends: npt.NDArray[np.int64]
-    targets: npt.NDArray[np.float64]
-    target_times: npt.NDArray[np.int64]  # epoch seconds of the target bar's open
+    targets: npt.NDArray[np.float64]  # (samples, horizons)
+    target_times: npt.NDArray[np.int64]  # epoch seconds of the bar the order fills in (label start)
+    target_end_times: npt.NDArray[np.int64]  # epoch seconds of the longest horizon's last bar (label end)
+    assets: npt.NDArray[np.int64]  # each sample's symbol, as its index in sorted(symbols)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,19 @@ class TrainResult:
 
     network: LSTMForecaster
     card: ModelCard
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One fitted network with the statistics it was fitted with and its validation predictions."""
+
+    network: LSTMForecaster
+    mean: npt.NDArray[np.float64]
+    std: npt.NDArray[np.float64]
+    target_scales: npt.NDArray[np.float64]
+    best_epoch: int
+    epochs_run: int
+    val_pred: npt.NDArray[np.float64]  # (validation samples, horizons), in return units
 
 
 def data_hash(bars_by_symbol: Mapping[str, Sequence[Bar]]) -> str:
@@ -64,22 +84,31 @@ def data_hash(bars_by_symbol: Mapping[str, Sequence[Bar]]) -> str:
 
 
 def build_samples(bars_by_symbol: Mapping[str, Sequence[Bar]], strategy: StrategyConfig) -> Samples:
-    """Every (window, next-bar target) pair the bars allow, per symbol, never crossing symbols."""
+    """Every (window, targets at each horizon) pair the bars allow, per symbol, never crossing symbols."""
     window = strategy.model.window
-    clip = strategy.features.return_clip
-    all_rows, row_times, ends, targets, times = [], [], [], [], []
+    horizons = strategy.model.horizons
+    longest = max(horizons)
+    clips = [strategy.features.return_clip * math.sqrt(h) for h in horizons]
+    all_rows, row_times, ends, targets, times, end_times, assets = [], [], [], [], [], [], []
     offset = 0
-    for symbol in sorted(bars_by_symbol):
+    for asset, symbol in enumerate(sorted(bars_by_symbol)):
         bars = bars_by_symbol[symbol]
         rows, first = feature_matrix(bars, strategy.features)
         for r in range(window - 1, len(rows)):
             j = first + r  # index of the bar the window ends on
-            if j + 1 >= len(bars):
+            if j + longest >= len(bars):
                 break
-            nxt = bars[j + 1]
+            entry = bars[j + 1].open
             ends.append(offset + r)
-            targets.append(max(-clip, min(clip, math.log(nxt.close / nxt.open))))
-            times.append(int(nxt.ts.timestamp()))
+            targets.append(
+                [
+                    max(-c, min(c, math.log(bars[j + h].close / entry)))
+                    for h, c in zip(horizons, clips, strict=True)
+                ]
+            )
+            times.append(int(bars[j + 1].ts.timestamp()))
+            end_times.append(int(bars[j + longest].ts.timestamp()))
+            assets.append(asset)
         all_rows.append(rows)
         row_times.append(np.asarray([int(b.ts.timestamp()) for b in bars[first : first + len(rows)]]))
         offset += len(rows)
@@ -89,19 +118,29 @@ def build_samples(bars_by_symbol: Mapping[str, Sequence[Bar]], strategy: Strateg
         np.concatenate(all_rows),
         np.concatenate(row_times).astype(np.int64),
         np.asarray(ends, dtype=np.int64),
-        np.asarray(targets, dtype=np.float64),
+        np.asarray(targets, dtype=np.float64).reshape(len(ends), len(horizons)),
         np.asarray(times, dtype=np.int64),
+        np.asarray(end_times, dtype=np.int64),
+        np.asarray(assets, dtype=np.int64),
     )
 
 
-def _metrics(pred: npt.NDArray[np.float64], true: npt.NDArray[np.float64]) -> dict[str, float]:
-    m = forecast_metrics(pred, true)
-    return {
-        "mse": m.mse,
-        "mae": m.mae,
-        "directional_accuracy": m.directional_accuracy,
-        "information_coefficient": m.information_coefficient,
-    }
+def _metrics(
+    pred: npt.NDArray[np.float64], true: npt.NDArray[np.float64], horizons: Sequence[int]
+) -> dict[str, float]:
+    """validation_{mse,mae,directional_accuracy,information_coefficient} for horizon 1, and the same with
+    an h{h}_ prefix for each longer horizon."""
+    out: dict[str, float] = {}
+    for k, h in enumerate(horizons):
+        m = forecast_metrics(pred[:, k], true[:, k])
+        prefix = "validation_" if h == 1 else f"validation_h{h}_"
+        out |= {
+            f"{prefix}mse": m.mse,
+            f"{prefix}mae": m.mae,
+            f"{prefix}directional_accuracy": m.directional_accuracy,
+            f"{prefix}information_coefficient": m.information_coefficient,
+        }
+    return out
 
 
 def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -126,70 +165,73 @@ def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
-def train_model(
-    bars_by_symbol: Mapping[str, Sequence[Bar]],
+def _fit(
+    samples: Samples,
     strategy: StrategyConfig,
-    *,
-    version: str,
-    progress: ProgressFn | None = None,
-) -> TrainResult:
-    """Fit on the first (1 - validation_fraction) of the span by time; early-stop on the rest."""
+    split: Split,
+    progress: ProgressFn | None,
+    tag: Mapping[str, float] | None = None,
+) -> _Fit:
+    """Fit one network on split.train, early-stopping on split.test. Every statistic (scaler, target
+    scales) comes from the training samples only: the scaler from exactly the rows their windows hold."""
     settings, cfg = strategy.training, strategy.model
     torch.manual_seed(settings.seed)
-    samples = build_samples(bars_by_symbol, strategy)
-    cut = int(np.quantile(samples.target_times, 1 - settings.validation_fraction))
-    train_idx = np.flatnonzero(samples.target_times < cut)
-    val_idx = np.flatnonzero(samples.target_times >= cut)
-    if len(train_idx) < settings.batch_size or len(val_idx) == 0:
-        raise OperationalError(
-            f"strategy {strategy.name}: {len(train_idx)} training / {len(val_idx)} validation samples "
-            f"is too few (need at least batch_size={settings.batch_size} for training)"
-        )
-
-    # Scaler from rows that end before the cut only: no statistic sees the validation span.
-    seen_rows = samples.rows[samples.row_times < cut]
+    offsets = np.arange(-cfg.window + 1, 1)
+    seen = np.zeros(len(samples.rows), dtype=bool)
+    seen[(samples.ends[split.train, None] + offsets).ravel()] = True
+    seen_rows = samples.rows[seen]
     mean = seen_rows.mean(axis=0)
     std = np.where(seen_rows.std(axis=0) > 1e-12, seen_rows.std(axis=0), 1.0)
-    target_scale = float(samples.targets[train_idx].std()) or 1.0
+    target_scales = samples.targets[split.train].std(axis=0)
+    target_scales = np.where(target_scales > 0, target_scales, 1.0)
 
     rows = torch.from_numpy(((samples.rows - mean) / std).astype(np.float32))
-    offsets = torch.arange(-cfg.window + 1, 1)
+    offsets_t = torch.from_numpy(offsets)
     ends = torch.from_numpy(samples.ends)
-    y = torch.from_numpy((samples.targets / target_scale).astype(np.float32))
+    assets = torch.from_numpy(samples.assets)
+    y = torch.from_numpy((samples.targets / target_scales).astype(np.float32))
 
-    def batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rows[ends[index, None] + offsets], y[index]
+    def batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rows[ends[index, None] + offsets_t], assets[index], y[index]
 
-    n_features = samples.rows.shape[1]
-    network = LSTMForecaster(n_features, cfg.hidden, cfg.layers, cfg.dropout, horizons=1)
+    network = LSTMForecaster(
+        samples.rows.shape[1],
+        cfg.hidden,
+        cfg.layers,
+        cfg.dropout,
+        len(cfg.horizons),
+        bidirectional=cfg.bidirectional,
+        n_assets=int(samples.assets.max()) + 1,
+        asset_embedding=cfg.asset_embedding,
+    )
     optimizer = torch.optim.Adam(
         network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
     loss_fn = make_loss(settings.loss)
     generator = torch.Generator().manual_seed(settings.seed)
-    train_t = torch.from_numpy(train_idx)
-    val_t = torch.from_numpy(val_idx)
+    train_t = torch.from_numpy(split.train)
+    val_t = torch.from_numpy(split.test)
 
     def evaluate() -> tuple[float, npt.NDArray[np.float64]]:
         network.eval()
         preds = []
         with torch.inference_mode():
             for chunk in _chunks(val_t, 4096):
-                preds.append(network(batch(chunk)[0])[:, 0])
+                x, a, _ = batch(chunk)
+                preds.append(network(x, a))
         pred = torch.cat(preds).double().numpy()
-        return float(np.mean((pred - y[val_t].double().numpy()) ** 2)), pred * target_scale
+        return float(np.mean((pred - y[val_t].double().numpy()) ** 2)), pred * target_scales
 
     best_loss, best_state, best_epoch, stale, epochs_run = math.inf, None, 0, 0, 0
-    started = time.monotonic()
     for epoch in range(1, settings.epochs + 1):
         network.train()
         total = 0.0
         order = train_t[torch.randperm(len(train_t), generator=generator)]
         for chunk in _chunks(order, settings.batch_size):
-            x, target = batch(chunk)
+            x, a, target = batch(chunk)
             optimizer.zero_grad()
-            loss = loss_fn(network(x)[:, 0], target)
+            loss = loss_fn(network(x, a), target)
             torch.autograd.backward(loss)
             nn.utils.clip_grad_norm_(network.parameters(), max_norm=1.0)
             optimizer.step()
@@ -200,6 +242,7 @@ def train_model(
         if progress:
             progress(
                 {
+                    **(tag or {}),
                     "epoch": epoch,
                     "train_loss": total / len(train_t),
                     "val_loss": val_loss,
@@ -216,7 +259,97 @@ def train_model(
     network.load_state_dict(best_state)
     network.eval()
     _, val_pred = evaluate()
-    val_true = samples.targets[val_idx]
+    return _Fit(network, mean, std, target_scales, best_epoch, epochs_run, val_pred)
+
+
+def _check_sizes(strategy: StrategyConfig, split: Split, what: str) -> None:
+    if len(split.train) < strategy.training.batch_size or len(split.test) == 0:
+        raise OperationalError(
+            f"strategy {strategy.name}: {what} has {len(split.train)} training / {len(split.test)} "
+            f"validation samples, too few (need at least batch_size={strategy.training.batch_size} "
+            "for training)"
+        )
+
+
+def cv_splits(samples: Samples, strategy: StrategyConfig) -> list[Split]:
+    """The folds [strategies.training] cv and cv_folds ask for, purged and embargoed."""
+    settings = strategy.training
+    embargo = int(strategy.embargo.total_seconds())
+    if settings.cv == "purged_kfold":
+        return purged_kfold(samples.target_times, samples.target_end_times, settings.cv_folds, embargo)
+    rolling = settings.rolling_days * 86_400 if settings.walk_forward == "rolling" else None
+    return walk_forward(samples.target_times, samples.target_end_times, settings.cv_folds, embargo, rolling)
+
+
+def cross_validate(
+    samples: Samples, strategy: StrategyConfig, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Fit once per fold (early stopping on the purged tail of the fold's own training samples) and score
+    on the fold's test block; the card's `cross_validation`."""
+    horizons = strategy.model.horizons
+    folds: list[dict[str, Any]] = []
+    for k, split in enumerate(cv_splits(samples, strategy), start=1):
+        inner, _ = holdout(
+            samples.target_times[split.train],
+            samples.target_end_times[split.train],
+            strategy.training.validation_fraction,
+        )
+        fit_split = Split(split.train[inner.train], split.train[inner.test])
+        _check_sizes(strategy, fit_split, f"cv fold {k}")
+        fit = _fit(samples, strategy, fit_split, progress, {"fold": k})
+        test_pred = _predict(fit, samples, split.test, strategy.model.window)
+        metrics = _metrics(test_pred, samples.targets[split.test], horizons)
+        folds.append(
+            {
+                "fold": k,
+                "train_samples": len(split.train),
+                "test_samples": len(split.test),
+                "test_start": _iso(int(samples.target_times[split.test].min())),
+                "test_end": _iso(int(samples.target_end_times[split.test].max())),
+                "metrics": {key.replace("validation_", "test_"): v for key, v in metrics.items()},
+            }
+        )
+    keys = folds[0]["metrics"].keys() if folds else []
+    return {
+        "method": strategy.training.cv,
+        "walk_forward": strategy.training.walk_forward if strategy.training.cv == "walk_forward" else None,
+        "embargo_seconds": int(strategy.embargo.total_seconds()),
+        "folds": folds,
+        "mean": {key: float(np.mean([f["metrics"][key] for f in folds])) for key in keys},
+    }
+
+
+def _predict(
+    fit: _Fit, samples: Samples, index: npt.NDArray[np.int64], window: int
+) -> npt.NDArray[np.float64]:
+    offsets = np.arange(-window + 1, 1)
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(index), 4096):
+            chunk = index[start : start + 4096]
+            x = (samples.rows[samples.ends[chunk, None] + offsets] - fit.mean) / fit.std
+            out = fit.network(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(samples.assets[chunk]))
+            preds.append(out.double().numpy())
+    return np.concatenate(preds) * fit.target_scales
+
+
+def train_model(
+    bars_by_symbol: Mapping[str, Sequence[Bar]],
+    strategy: StrategyConfig,
+    *,
+    version: str,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Fit on the first (1 - validation_fraction) of the span by time, purged of labels that reach into the
+    rest; early-stop on the rest. With cv_folds, cross-validate first and put the folds in the card."""
+    settings, cfg = strategy.training, strategy.model
+    started = time.monotonic()
+    samples = build_samples(bars_by_symbol, strategy)
+    split, cut = holdout(samples.target_times, samples.target_end_times, settings.validation_fraction)
+    _check_sizes(strategy, split, "the training span")
+    cross_validation = cross_validate(samples, strategy, progress) if settings.cv_folds else {}
+    fit = _fit(samples, strategy, split, progress)
+    val_true = samples.targets[split.test]
 
     first_ts = min(b[0].ts for b in bars_by_symbol.values() if b)
     last_ts = max(b[-1].ts for b in bars_by_symbol.values() if b)
@@ -227,18 +360,20 @@ def train_model(
         features=list(feature_names(strategy.features)),
         feature_settings=strategy.features.model_dump(),
         window=cfg.window,
-        horizons=[1],
+        horizons=list(cfg.horizons),
         target=TARGET,
         architecture={
             "kind": "lstm",
-            "n_features": n_features,
+            "n_features": samples.rows.shape[1],
             "hidden": cfg.hidden,
             "layers": cfg.layers,
             "dropout": cfg.dropout,
+            "bidirectional": cfg.bidirectional,
+            "asset_embedding": cfg.asset_embedding,
         },
-        scaler_mean=[float(v) for v in mean],
-        scaler_std=[float(v) for v in std],
-        target_scale=target_scale,
+        scaler_mean=[float(v) for v in fit.mean],
+        scaler_std=[float(v) for v in fit.std],
+        target_scales=[float(v) for v in fit.target_scales],
         symbols=sorted(bars_by_symbol),
         timeframe=strategy.timeframe,
         training_span={"start": first_ts.isoformat(), "end": _iso(cut)},
@@ -246,17 +381,15 @@ def train_model(
         data_sha256=data_hash(bars_by_symbol),
         training={
             **settings.model_dump(mode="json"),
-            "best_epoch": best_epoch,
-            "epochs_run": epochs_run,
-            "train_samples": len(train_idx),
-            "validation_samples": len(val_idx),
+            "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run,
+            "train_samples": len(split.train),
+            "validation_samples": len(split.test),
+            "embargo_seconds": int(strategy.embargo.total_seconds()),
             "seconds": round(time.monotonic() - started, 1),
+            "cross_validation": cross_validation,
         },
-        metrics={f"validation_{k}": v for k, v in _metrics(val_pred, val_true).items()},
-        baselines={
-            "zero_forecast": {
-                f"validation_{k}": v for k, v in _metrics(np.zeros_like(val_true), val_true).items()
-            }
-        },
+        metrics=_metrics(fit.val_pred, val_true, cfg.horizons),
+        baselines={"zero_forecast": _metrics(np.zeros_like(val_true), val_true, cfg.horizons)},
     )
-    return TrainResult(network, card)
+    return TrainResult(fit.network, card)

@@ -52,6 +52,7 @@ window = 8
 hidden = 8
 layers = 1
 dropout = 0.0
+{model_extra}
 
 [strategies.training]
 epochs = 2
@@ -77,6 +78,7 @@ def write_crypto_project(
     feed_extra: str = "",
     max_drawdown: float = 0.5,
     snapshot_seconds: float = 3600,
+    model_extra: str = "",
 ) -> Path:
     """A config.toml for two crypto pairs that are not the bundled data; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,7 @@ def write_crypto_project(
             feed_extra=feed_extra,
             max_drawdown=max_drawdown,
             snapshot_seconds=snapshot_seconds,
+            model_extra=model_extra,
         ),
         encoding="utf-8",
     )

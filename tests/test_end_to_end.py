@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import CRYPTO_DATA, REPO, cli_json, copy_data, write_crypto_project
 from sqlalchemy import select
@@ -261,3 +262,50 @@ batch_size = 64
         ("AAPL", "2020-08-31T13:00:00+00:00")
     ]
     assert float(outliers[0]["details"]["ratio"]) == pytest.approx(127.67 / 499.23)
+
+
+def test_streaming_inference_and_every_horizon_in_the_predictions_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A two-horizon model traded with inference = "streaming": each decision bar records both horizons,
+    and the next-bar forecasts follow the window path's (the stream restarts from the window, then steps)."""
+    model_dir = tmp_path / "models" / "lstm-crypto"
+    predictions: dict[str, list[Any]] = {}
+    for inference in ("window", "streaming"):
+        root = tmp_path / inference
+        db = root / "db.sqlite"
+        extra = f'horizons = [1, 3]\ninference = "{inference}"'
+        config = write_crypto_project(root, f"sqlite:///{db}", model_dir, model_extra=extra)
+        if inference == "window":
+            assert main(["-c", str(config), "train"]) == 0
+        assert main(["-c", str(config), "backtest", "--end", "2018-01-27T00:00:00Z"]) == 0
+        engine = make_engine(f"sqlite:///{db}")
+        try:
+            with session_factory(engine)() as session:
+                predictions[inference] = list(
+                    session.execute(
+                        select(m.Prediction.symbol, m.Prediction.bar_ts, m.Prediction.horizon,
+                               m.Prediction.predicted_return)
+                        .order_by(m.Prediction.symbol, m.Prediction.bar_ts, m.Prediction.horizon)
+                    ).all()
+                )  # fmt: skip
+        finally:
+            engine.dispose()
+    window, stream = predictions["window"], predictions["streaming"]
+    assert [r[:3] for r in window] == [r[:3] for r in stream]
+    assert {r.horizon for r in window} == {1, 3}
+    assert sum(r.horizon == 1 for r in window) == sum(r.horizon == 3 for r in window) > 400
+    next_bar = [
+        (w.predicted_return, s.predicted_return)
+        for w, s in zip(window, stream, strict=True)
+        if w.horizon == 1
+    ]
+    first = {
+        w.symbol: (w.predicted_return, s.predicted_return)
+        for w, s in reversed(list(zip(window, stream, strict=True)))
+    }
+    for by_window, by_stream in first.values():  # the first decision of each symbol: the window itself
+        assert by_stream == pytest.approx(by_window, rel=1e-5, abs=1e-12)
+    a = np.array(next_bar)
+    assert np.corrcoef(a[:, 0], a[:, 1])[0, 1] > 0.99
+    assert not np.array_equal(a[:, 0], a[:, 1])  # the stream did carry state past the window

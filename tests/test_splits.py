@@ -49,7 +49,9 @@ def test_purged_kfold_keeps_labels_apart(n: int, horizon: int, folds: int, embar
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(60, 400), horizon=st.integers(1, 25), folds=st.integers(1, 5), embargo=st.integers(0, 30))
+@given(
+    n=st.integers(60, 400), horizon=st.integers(1, 25), folds=st.integers(1, 5), embargo=st.integers(0, 30)
+)
 def test_walk_forward_trains_only_on_labels_that_ended_before_the_test(
     n: int, horizon: int, folds: int, embargo: int
 ) -> None:

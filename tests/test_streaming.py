@@ -44,6 +44,7 @@ def make_model(
     seed: int = 0,
     window: int = 8,
     n_features: int = N_FEATURES,
+    *,
     horizons: tuple[int, ...] = (1,),
     embedding: int = 0,
 ) -> LoadedModel:

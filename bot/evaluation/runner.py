@@ -111,13 +111,15 @@ def _fit_folds(
     lstm_folds, linear_folds = [], []
     target_scale = 1.0
     cpu = torch.device("cpu")
+    # The walk-forward is the out-of-sample test here: no cross-validation inside each fold's training.
+    fit_only = strategy.model_copy(update={"training": strategy.training.model_copy(update={"cv_folds": 0})})
     for k, fold_start in enumerate(starts, start=1):
         history = _training_history(bars, strategy, fold_start)
         progress(
             "fold",
             {"fold": k, "train_until": fold_start.isoformat(), "bars": sum(len(b) for b in history.values())},
         )
-        result = train_model(history, strategy, version=f"wf{k}")
+        result = train_model(history, fit_only, version=f"wf{k}")
         loaded = LoadedModel(result.card, result.network, Path())
         lstm_folds.append(
             Fold(fold_start, model_forecaster(loaded, strategy.symbols, cpu, strategy.model.inference))

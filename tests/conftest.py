@@ -4,6 +4,8 @@ Database fixtures run each test on SQLite and, when PAPERBOT_TEST_POSTGRES_URL i
 - `db_url`: URL of an empty database (a fresh SQLite file, or a fresh PostgreSQL schema dropped afterwards);
 - `db_engine`: an Engine on `db_url` already migrated to the latest revision;
 - `db_session`: a Session on `db_engine`, closed afterwards.
+
+`one_torch_thread` runs a module's torch work on one thread, as the daemon does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
@@ -74,3 +77,13 @@ def db_session(db_engine: Engine) -> Iterator[Session]:
     """A Session on `db_engine` (expire_on_commit=False, as the daemon uses); closed afterwards."""
     with session_factory(db_engine)() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """As the daemon runs (daemon.torch_threads = 1): tiny models only slow down with more threads, a lot
+    on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,7 +4,7 @@ reproducible training, the on-disk registry, the compatibility check, the predic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,8 @@ from bot.model.registry import (
 )
 from bot.model.train_command import training_bars
 from bot.model.training import TrainResult, build_samples, data_hash, train_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "equities-1h"
@@ -122,16 +124,6 @@ def symbol_segments(
         segments.append((symbol, offset, len(rows), first))
         offset += len(rows)
     return segments
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """As the daemon runs (daemon.torch_threads = 1): tiny models only slow down with more threads, a lot
-    on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

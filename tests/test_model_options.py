@@ -5,7 +5,6 @@ the engine's forecaster, and leakage (changing future bars changes nothing earli
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from bot.bars import Bar
 from bot.config import StrategyConfig, parse_config
@@ -26,6 +24,8 @@ from bot.model.forecaster import StreamingForecaster
 from bot.model.registry import check_compatible, load_model, save_model
 from bot.model.streaming import StreamingPredictor
 from bot.model.training import TrainResult, build_samples, train_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "equities-1h"
@@ -54,14 +54,6 @@ def make_strategy(base_dir: Path, model: dict[str, Any] | None = None, **trainin
         "training": {"epochs": 2, "batch_size": 64, "seed": 5, "patience": 2} | training,
     }
     return StrategyConfig.model_validate(data, context={"base_dir": base_dir})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from bot.model.predictor import Predictor
 from bot.model.registry import LoadedModel, latest_version, load_model
 from bot.model.streaming import Agreement, StreamingPredictor, window_and_stream
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = latest_version(REPO / "models" / "lstm-equities")
 N_FEATURES, HIDDEN = 5, 12
@@ -28,15 +29,6 @@ SYMBOLS = ("A", "B", "C", "D", "E")
 BACKENDS = ["numpy", "torch"]  # both on the CPU: the torch backend is the one CUDA would use
 
 Rows = npt.NDArray[np.float32]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """As the daemon runs (daemon.torch_threads = 1); more threads only slow tiny models down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_model(

@@ -1,4 +1,5 @@
-"""`paperbot [-c CONFIG] COMMAND`: run, backtest, train, trades, alerts, status, db upgrade."""
+"""`paperbot [-c CONFIG] COMMAND`: run, backtest, train, trades, alerts, status, risk, halt, resume,
+models, evaluate, db upgrade."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.bars import utc
 from bot.config import AppConfig, load_config
+from bot.control import render_risk, risk_report, set_trading_state
 from bot.errors import OperationalError
+from bot.journal import Journal
 from bot.logs import configure_logging, get_logger
 from bot.reports import (
     alerts,
@@ -23,7 +26,9 @@ from bot.reports import (
     render_table,
     trades,
 )
-from bot.store.db import make_engine, schema_is_current, session_factory, upgrade
+from bot.risk import TradingState
+from bot.store import models as m
+from bot.store.db import ensure_schema, make_engine, schema_is_current, session_factory, upgrade
 
 TRADE_COLUMNS = ["ts", "strategy", "symbol", "side", "qty", "price", "commission", "client_order_id"]
 MODEL_COLUMNS = [
@@ -80,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--format", choices=formats, default="table")
         p.add_argument("--book", help="book name (default: the book of the latest run)")
+    for name, text in (
+        ("halt", "stop trading: the daemon sends no order until `resume` (recorded, alerted, persisted)"),
+        ("resume", "trade again after a halt or a breach; re-bases the drawdown peak and the day"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--reason", default=f"operator {name}", help="why (recorded with the event)")
+        p.add_argument("--strategy", help="strategy name (default: every strategy)")
+        p.add_argument("--book", help="book name (default: [daemon] book)")
+    rk = sub.add_parser("risk", help="risk limits, their current usage and the trading state")
+    rk.add_argument("--format", choices=["table", "json"], default="table")
+    rk.add_argument("--book", help="book name (default: the book of the latest run)")
     md = sub.add_parser("models", help="model versions on disk, with their registry status")
     md.add_argument("--format", choices=["table", "json"], default="table")
     ev = sub.add_parser(
@@ -158,6 +174,8 @@ def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
         return 0
     if args.command == "models":
         return _models(args, config)
+    if args.command in ("halt", "resume"):
+        return _operator(args, config)
     if args.command == "db":
         upgrade(config.daemon.database_url)
         print("database is at the latest migration", file=sys.stderr)
@@ -181,6 +199,27 @@ def _models(args: argparse.Namespace, config: AppConfig) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace, config: AppConfig) -> int:
+    """`halt` / `resume`: works on a stopped daemon's database as well as under a running one."""
+    scopes = [config.strategy(args.strategy).name] if args.strategy else [s.name for s in config.strategies]
+    state = TradingState.HALTED if args.command == "halt" else TradingState.ACTIVE
+    ensure_schema(config.daemon.database_url)
+    engine = make_engine(config.daemon.database_url)
+    try:
+        sessions = session_factory(engine)
+        name = args.book or config.daemon.book
+        kind = m.BookKind.DAEMON.value if name == config.daemon.book else m.BookKind.BACKTEST.value
+        book_id = Journal.open_book(sessions, name, kind, config.broker.starting_cash)
+        for result in set_trading_state(
+            sessions, book_id, scopes, state, reason=args.reason, now=datetime.now(UTC)
+        ):
+            c = result.change
+            print(f"{name} {c.scope}: {c.previous} -> {c.state} ({c.reason})", file=sys.stderr)
+        return 0
+    finally:
+        engine.dispose()
+
+
 def _report(args: argparse.Namespace, config: AppConfig) -> int:
     engine = make_engine(config.daemon.database_url)
     try:
@@ -188,6 +227,10 @@ def _report(args: argparse.Namespace, config: AppConfig) -> int:
         book = find_book(sessions, args.book, config.daemon.book)
         if book is None:
             raise OperationalError(f"no book {args.book or config.daemon.book!r} in the database yet")
+        if args.command == "risk":
+            report = risk_report(sessions, book.id, config.strategies, datetime.now(UTC))
+            print(dumps_exact(report) if args.format == "json" else render_risk(report))
+            return 0
         if args.command == "status":
             status = book_status(sessions, book.id)
             print(dumps_exact(status.to_json()) if args.format == "json" else render_status(status))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -225,16 +226,95 @@ class TrainingSettings(_Section):
         return self
 
 
+class SymbolRules(_Section):
+    """[strategies.risk.symbols.SYMBOL]: one symbol's order rules; unset keys fall back to the strategy's
+    risk settings (and, where the broker publishes market info, to that first)."""
+
+    lot_size: Annotated[Decimal, Field(gt=0)] | None = None
+    min_qty: Annotated[Decimal, Field(ge=0)] | None = None
+    min_notional: Annotated[Decimal, Field(ge=0)] | None = None
+    qty_precision: Annotated[int, Field(ge=0, le=10)] | None = None
+    price_precision: Annotated[int, Field(ge=0, le=10)] | None = None
+    max_position_qty: Annotated[Decimal, Field(gt=0)] | None = None
+
+
+def lot_precision_problem(lot: Decimal, places: int | None) -> str | None:
+    """Why a lot cannot be written in the quantity precision (no quantity could satisfy both), or None."""
+    exponent = lot.normalize().as_tuple().exponent
+    if places is not None and isinstance(exponent, int) and exponent < -places:
+        return f"lot_size {lot} has more decimals than qty_precision {places}"
+    return None
+
+
+def _hhmm(value: str) -> str:
+    if value == "midnight":
+        return value
+    try:
+        time.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f'{value!r} is neither "midnight" nor a time HH:MM') from None
+    return value
+
+
 class RiskSettings(_Section):
-    """[strategies.risk]: limits every order passes before it is sent."""
+    """[strategies.risk]: limits every order passes before it is sent. A limit set to none is off."""
 
     max_drawdown: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    daily_loss_limit: Annotated[float, Field(gt=0, lt=1)] | None = None
     max_position_fraction: Fraction = 0.3
+    max_position_notional: Annotated[Decimal, Field(gt=0)] | None = None
     max_gross_exposure: Annotated[float, Field(gt=0, le=10)] = 1.0
+    max_net_exposure: Annotated[float, Field(gt=0, le=10)] | None = None
     max_order_notional: Annotated[Decimal, Field(gt=0)] = Decimal(50_000)
+    max_orders_per_second: Annotated[int, Field(ge=1)] | None = None
+    max_orders_per_day: Annotated[int, Field(ge=1)] | None = None
+    max_bar_age_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_gap_bars: Annotated[float, Field(ge=1)] | None = None
+    price_band: Annotated[float, Field(gt=0)] | None = None
+    daily_reset_timezone: str = "UTC"
+    daily_reset_time: str = "midnight"
     on_breach: Literal["halt", "reduce"] = "halt"
+    flatten_on_breach: bool = False
     lot_size: Annotated[Decimal, Field(gt=0)] = Decimal(1)
+    min_qty: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    min_notional: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    qty_precision: Annotated[int, Field(ge=0, le=10)] | None = None
+    price_precision: Annotated[int, Field(ge=0, le=10)] | None = None
     cash_buffer: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    symbols: dict[str, SymbolRules] = {}
+
+    @field_validator("daily_reset_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("daily_reset_time")
+    @classmethod
+    def _reset_time(cls, value: str) -> str:
+        return _hhmm(value)
+
+
+class SizingSettings(_Section):
+    """[strategies.sizing]: how big the full position (target weight 1) is.
+
+    fixed_fraction: `fraction` of equity (default: max_position_fraction). vol_target: the notional whose
+    annualised volatility, from the symbol's realized volatility over `vol_window` bars, is `target_vol` of
+    equity. kelly: `kelly_fraction` of the Kelly fraction predicted return / variance of the model's recent
+    errors (`error_window` bars), capped at `kelly_cap` of equity. Every mode is capped at
+    max_position_fraction, and the checks cap it again."""
+
+    mode: Literal["fixed_fraction", "vol_target", "kelly"] = "fixed_fraction"
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    target_vol: Annotated[float, Field(gt=0, le=5)] = 0.15
+    vol_window: Annotated[int, Field(ge=2, le=10_000)] = 100
+    bars_per_year: Annotated[float, Field(gt=0)] | None = None
+    kelly_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25
+    kelly_cap: Annotated[float, Field(gt=0, le=1)] = 0.3
+    error_window: Annotated[int, Field(ge=2, le=10_000)] = 100
 
 
 class StrategyConfig(_Section):
@@ -252,6 +332,7 @@ class StrategyConfig(_Section):
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
     risk: RiskSettings = RiskSettings()
+    sizing: SizingSettings = SizingSettings()
 
     @field_validator("timeframe")
     @classmethod
@@ -312,6 +393,7 @@ def _cross_check(config: AppConfig) -> None:
     """Checks that span sections; each names the exact key at fault."""
     owner: dict[str, str] = {}
     for i, strategy in enumerate(config.strategies):
+        _check_symbol_rules(i, strategy.risk, strategy.symbols)
         if strategy.name in [s.name for s in config.strategies[:i]]:
             raise ConfigError(f"strategies[{i}].name", f"{strategy.name!r} is used by another strategy")
         for symbol in strategy.symbols:
@@ -323,6 +405,20 @@ def _cross_check(config: AppConfig) -> None:
             csv = config.feed.data_dir / f"{symbol}.csv"
             if not csv.is_file():
                 raise ConfigError(f"strategies[{i}].symbols", f"no data file {csv} for {symbol}")
+
+
+def _check_symbol_rules(i: int, risk: RiskSettings, symbols: list[str]) -> None:
+    key = f"strategies[{i}].risk"
+    problem = lot_precision_problem(risk.lot_size, risk.qty_precision)
+    if problem:
+        raise ConfigError(f"{key}.lot_size", problem)
+    for symbol, rules in risk.symbols.items():
+        if symbol not in symbols:
+            raise ConfigError(f"{key}.symbols.{symbol}", "not a symbol of this strategy")
+        places = rules.qty_precision if rules.qty_precision is not None else risk.qty_precision
+        problem = lot_precision_problem(rules.lot_size or risk.lot_size, places)
+        if problem:
+            raise ConfigError(f"{key}.symbols.{symbol}.lot_size", problem)
 
 
 def _key(loc: tuple[int | str, ...]) -> str:

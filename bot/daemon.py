@@ -32,7 +32,7 @@ from bot.model import (
 from bot.model.forecaster import Forecaster, model_forecaster
 from bot.orders import OrderStatus
 from bot.reports import BookStatus, book_status
-from bot.risk import RiskEngine, TradingStateTracker
+from bot.risk import RiskEngine, Sizer, TradingStateTracker
 from bot.scheduler import SchedulerConfig, build_scheduler
 from bot.store import models as m
 from bot.store.db import ensure_schema, make_engine, session_factory
@@ -80,6 +80,7 @@ def make_runtime(
         risk=RiskEngine(strategy.risk),
         tracker=TradingStateTracker(strategy.name, strategy.risk),
         drift=DriftMonitor(strategy.name, target_scale),
+        sizer=Sizer(strategy.sizing, strategy.risk, strategy.bar_interval),
         model_version_id=model_version_id,
     )
 

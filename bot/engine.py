@@ -31,12 +31,27 @@ from bot.ledger import Ledger
 from bot.logs import get_logger
 from bot.model import Prediction
 from bot.model.forecaster import Forecaster
-from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, client_order_id, stored, to_decimal
+from bot.orders import (
+    BrokerOrder,
+    Fill,
+    OrderIntent,
+    OrderStatus,
+    Side,
+    client_order_id,
+    stored,
+    to_decimal,
+)
 from bot.risk import (
+    BarContext,
+    OrderCounter,
+    OrderRequest,
     PortfolioView,
     RiskDecision,
     RiskEngine,
+    Sizer,
+    StateCause,
     TradingState,
+    TradingStateChange,
     TradingStateTracker,
     plan_order,
 )
@@ -64,6 +79,7 @@ class StrategyRuntime:
     risk: RiskEngine
     tracker: TradingStateTracker
     drift: DriftMonitor
+    sizer: Sizer
     model_version_id: int | None = None
 
     @property
@@ -96,6 +112,7 @@ class Engine:
         starting_cash: Decimal,
         config: EngineConfig | None = None,
         on_batch: Callable[[Engine], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._book = book
         self._feed = feed
@@ -105,6 +122,15 @@ class Engine:
         self._config = config or EngineConfig()
         self._on_batch = on_batch
         self._owner = {s: rt for rt in self._runtimes for s in rt.config.symbols}
+        # The clock the stale-data guard measures bar age against: a live feed's wall clock; None (replay)
+        # means the batch's close time, so a replay is never stale however fast it runs.
+        self._clock = clock
+        self._last_ts: dict[str, datetime] = {}
+        self._orders = {rt.name: OrderCounter() for rt in self._runtimes}
+        for rt in self._runtimes:
+            market = {s: r for s in rt.config.symbols if (r := broker.market_rules(s)) is not None}
+            if market:
+                rt.risk = rt.risk.with_market(market)
         self._guard = BarGuard()
         self.ledger = Ledger(starting_cash)
         self.marks: dict[str, Decimal] = {}
@@ -127,10 +153,16 @@ class Engine:
         for symbol, (ts, close) in state.last_bars.items():
             self.marks[symbol] = close
             self._guard.seed(symbol, ts)
+            self._last_ts[symbol] = ts
         for rt in self._runtimes:
             saved = state.trading_states.get(rt.name)
             if saved is not None:
-                rt.tracker.state, rt.tracker.reason, rt.tracker.peak = saved[0], saved[1], saved[2]
+                rt.tracker.restore(saved)
+            if state.last_bars and all(s in self.marks for s in self.ledger.positions()):
+                rt.tracker.last_equity = self.equity_point(datetime.now(UTC)).equity
+        for strategy, bar_ts in state.recent_orders:
+            if strategy in self._orders:
+                self._orders[strategy].add(bar_ts + self._owner_interval(strategy))
         self._pending = {intent.client_order_id: intent for intent, _ in state.open_orders}
         self._feed.resume_from({s: ts for s, (ts, _) in state.last_bars.items()})
 
@@ -167,6 +199,7 @@ class Engine:
                     if scratch.check(bar) is None:
                         rt.features.update(bar)
                         rt.forecaster.observe(bar)
+                        rt.sizer.observe_bar(bar.symbol, bar.open, bar.close)
         self._log.info(
             "warmed_up", symbols={s: rt.features.ready(s) for rt in self._runtimes for s in rt.config.symbols}
         )
@@ -280,28 +313,16 @@ class Engine:
         record.bars = accepted
         record.timeframes = {b.symbol: self._owner[b.symbol].config.timeframe for b in accepted}
 
+        self._sync_operator()
         fills = await self._broker.on_bars(accepted)
         self._apply_fills(fills, record)
+        contexts = self._bar_contexts(accepted, now)
         for bar in accepted:
             self.marks[bar.symbol] = stored(to_decimal(bar.close))
         equity = self.equity_point(now).equity
         for rt in self._runtimes:
-            change = rt.tracker.update(equity, now)
-            if change is not None:
-                record.alerts.append(
-                    Alert(
-                        now,
-                        Severity.CRITICAL,
-                        AlertKind.TRADING_STATE,
-                        f"{change.previous} -> {change.state}: {change.reason}",
-                        rt.name,
-                        None,
-                        {"state": change.state.value},
-                    )
-                )
-                self._log.warning(
-                    "trading_state", strategy=rt.name, state=change.state.value, reason=change.reason
-                )
+            for change in rt.tracker.update(equity, now):
+                self._state_changed(change, record)
             record.trackers.append(rt.tracker)
         record.equity = self.equity_point(now)
 
@@ -309,7 +330,8 @@ class Engine:
         for rt in self._runtimes:
             own = [b for b in accepted if b.symbol in rt.config.symbols]
             if own:
-                intents.extend(self._decide(rt, own, equity, record))
+                intents.extend(self._flatten(rt, own, equity, record, contexts))
+                intents.extend(self._decide(rt, own, equity, record, contexts))
 
         self._journal.record_batch(record)
         for intent in intents:
@@ -342,11 +364,132 @@ class Engine:
             pending[intent.symbol] = pending.get(intent.symbol, Decimal(0)) + intent.side.sign * intent.qty
         return pending
 
+    # ---- risk path ------------------------------------------------------------------------------
+
+    def _owner_interval(self, strategy: str) -> timedelta:
+        return next(rt.config.bar_interval for rt in self._runtimes if rt.name == strategy)
+
+    def _sync_operator(self) -> None:
+        """Apply `paperbot halt`/`resume` recorded since the last batch (the CLI writes the event row; the
+        daemon only follows it, so nothing is recorded twice). A resume re-bases at the current equity."""
+        after = min((rt.tracker.event_id for rt in self._runtimes), default=0)
+        by_name = {rt.name: rt for rt in self._runtimes}
+        for event in self._journal.operator_events(after):
+            rt = by_name.get(event.scope)
+            if rt is None or event.id <= rt.tracker.event_id:
+                continue
+            equity = self.equity_point(event.ts).equity if self.marks else None
+            rt.tracker.operator(event.state, event.reason, event.ts, equity)
+            rt.tracker.event_id = event.id
+            self._log.warning("trading_state", strategy=rt.name, state=event.state.value, source="operator")
+
+    def _state_changed(self, change: TradingStateChange, record: BatchRecord) -> None:
+        record.state_changes.append(change)
+        record.alerts.append(
+            Alert(
+                change.ts,
+                Severity.CRITICAL if change.state is not TradingState.ACTIVE else Severity.WARNING,
+                AlertKind.TRADING_STATE,
+                f"{change.previous} -> {change.state}: {change.reason}",
+                change.scope,
+                None,
+                {"state": change.state.value, "previous": change.previous.value, "source": change.source},
+            )
+        )
+        self._log.warning(
+            "trading_state", strategy=change.scope, state=change.state.value, reason=change.reason
+        )
+
+    def _bar_contexts(self, bars: Sequence[Bar], now: datetime) -> dict[str, BarContext]:
+        """What the stale-data and price-band guards compare each bar with (read before marks move)."""
+        clock = self._clock() if self._clock is not None else now
+        contexts = {}
+        for bar in bars:
+            contexts[bar.symbol] = BarContext(
+                clock,
+                bar.close_time,
+                bar.timeframe,
+                self._last_ts.get(bar.symbol),
+                self.marks.get(bar.symbol),
+                bar.ts,
+            )
+            self._last_ts[bar.symbol] = bar.ts
+        return contexts
+
+    def _view(self, rt: StrategyRuntime, equity: Decimal, now: datetime) -> PortfolioView:
+        today, this_second = self._orders[rt.name].counts(now, rt.tracker.day_start)
+        return PortfolioView(
+            equity,
+            self.ledger.cash,
+            {s: p.qty for s, p in self.ledger.positions().items()},
+            self._pending_qty(),
+            self.marks,
+            rt.tracker.drawdown(equity),
+            rt.tracker.state,
+            rt.tracker.daily_loss(equity),
+            today,
+            this_second,
+        )
+
+    def _send(
+        self, rt: StrategyRuntime, decision: RiskDecision, record: BatchRecord, sequence: int = 0
+    ) -> OrderIntent | None:
+        """Journal the decision; an approved quantity becomes an intent (pending, counted, sent later)."""
+        request, intent = decision.request, None
+        if decision.approved_qty > 0:
+            intent = OrderIntent(
+                client_order_id(self._book, rt.name, request.symbol, request.bar_ts, sequence),
+                rt.name,
+                request.symbol,
+                request.side,
+                decision.approved_qty,
+                request.bar_ts,
+            )
+            self._pending[intent.client_order_id] = intent
+            self._orders[rt.name].add(request.bar.now if request.bar else request.bar_ts)
+        record.decisions.append(Decision(decision, intent))
+        return intent
+
+    def _flatten(
+        self,
+        rt: StrategyRuntime,
+        bars: Sequence[Bar],
+        equity: Decimal,
+        record: BatchRecord,
+        contexts: dict[str, BarContext],
+    ) -> list[OrderIntent]:
+        """After a drawdown or daily-loss breach with `flatten_on_breach`, close what is held: reduce-only
+        orders through every check, again on later bars for whatever a check held back."""
+        tracker = rt.tracker
+        breach = tracker.cause in (StateCause.MAX_DRAWDOWN, StateCause.DAILY_LOSS)
+        if not (rt.config.risk.flatten_on_breach and breach and tracker.state is not TradingState.ACTIVE):
+            return []
+        intents = []
+        for bar in bars:
+            context = contexts[bar.symbol]
+            view = self._view(rt, equity, context.now)
+            exposure = view.exposure(bar.symbol)
+            if exposure == 0:
+                continue
+            side = Side.SELL if exposure > 0 else Side.BUY
+            price = self.marks[bar.symbol]
+            request = OrderRequest(rt.name, bar.symbol, bar.ts, side, abs(exposure), price, context, True)
+            intent = self._send(rt, rt.risk.evaluate(request, view), record, sequence=1)
+            if intent is not None:
+                intents.append(intent)
+        return intents
+
     def _decide(
-        self, rt: StrategyRuntime, bars: Sequence[Bar], equity: Decimal, record: BatchRecord
+        self,
+        rt: StrategyRuntime,
+        bars: Sequence[Bar],
+        equity: Decimal,
+        record: BatchRecord,
+        contexts: dict[str, BarContext],
     ) -> list[OrderIntent]:
         ready: list[Bar] = []
         for bar in bars:
+            rt.sizer.observe_bar(bar.symbol, bar.open, bar.close)
             # This bar's open-to-close return is what the previous prediction for the symbol was about.
             realized = math.log(bar.close / bar.open)
             record.alerts.extend(rt.drift.observe_outcome(bar.symbol, bar.close_time, realized))
@@ -360,7 +503,6 @@ class Engine:
         if not ready:
             return []
         predicted = rt.forecaster.predict(ready, np.stack([rt.features.window(b.symbol) for b in ready]))
-        positions = {s: p.qty for s, p in self.ledger.positions().items()}
         intents = []
         horizons = rt.forecaster.horizons
         for bar, values in zip(ready, predicted.tolist(), strict=True):
@@ -376,35 +518,26 @@ class Engine:
                 )
                 for h, v in zip(horizons[1:], values[1:], strict=True)
             )
-            view = PortfolioView(
-                equity,
-                self.ledger.cash,
-                positions,
-                self._pending_qty(),
-                self.marks,
-                rt.tracker.drawdown(equity),
-                rt.tracker.state,
-            )
+            rt.sizer.observe_forecast(bar.symbol, value)
+            context = contexts[bar.symbol]
+            view = self._view(rt, equity, context.now)
             request = plan_order(
-                target, view, self.marks[bar.symbol], rt.config.risk, rt.config.rebalance_band
+                target,
+                view,
+                self.marks[bar.symbol],
+                rt.config.risk,
+                rt.config.rebalance_band,
+                full_fraction=rt.sizer.full_fraction(bar.symbol, value),
+                rules=rt.risk.rules(bar.symbol),
+                bar=context,
             )
             if request is None:
                 self._log_decision(rt, bar, target)
                 continue
             decision = rt.risk.evaluate(request, view)
-            intent = None
-            if decision.approved_qty > 0:
-                intent = OrderIntent(
-                    client_order_id(self._book, rt.name, bar.symbol, bar.ts),
-                    rt.name,
-                    bar.symbol,
-                    request.side,
-                    decision.approved_qty,
-                    bar.ts,
-                )
-                self._pending[intent.client_order_id] = intent
+            intent = self._send(rt, decision, record)
+            if intent is not None:
                 intents.append(intent)
-            record.decisions.append(Decision(decision, intent))
             self._log_decision(rt, bar, target, decision, intent)
         return intents
 

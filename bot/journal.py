@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,14 @@ from bot.alerts import Alert
 from bot.bars import Bar
 from bot.ledger import Position
 from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, stored, to_decimal
-from bot.risk import RiskDecision, TradingState, TradingStateTracker
+from bot.risk import (
+    RiskDecision,
+    SavedState,
+    StateSource,
+    TradingState,
+    TradingStateChange,
+    TradingStateTracker,
+)
 from bot.store import models as m
 from bot.strategy import Target
 
@@ -59,6 +66,18 @@ class BatchRecord:
     alerts: list[Alert] = field(default_factory=list)
     equity: EquityPoint | None = None
     trackers: list[TradingStateTracker] = field(default_factory=list)
+    state_changes: list[TradingStateChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEvent:
+    """A `paperbot halt` or `resume` as its trading_state_events row holds it."""
+
+    id: int
+    scope: str
+    state: TradingState
+    reason: str
+    ts: datetime
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,58 @@ class BookState:
     fills: list[Fill]
     open_orders: list[tuple[OrderIntent, OrderStatus]]
     last_bars: dict[str, tuple[datetime, Decimal]]
-    trading_states: dict[str, tuple[TradingState, str | None, Decimal]]
+    trading_states: dict[str, SavedState]
+    # (strategy, bar_ts) of the orders of the last days, so a restart keeps the day's order count.
+    recent_orders: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+def saved_state(row: m.TradingState) -> SavedState:
+    """The tracker state a trading_states row holds."""
+    return SavedState(
+        TradingState(row.state),
+        row.reason,
+        row.equity_peak,
+        row.cause,
+        row.day_start,
+        row.day_equity,
+        row.event_id,
+    )
+
+
+def tracker_row(book_id: int, tracker: TradingStateTracker) -> dict[str, Any]:
+    """The trading_states row of a tracker."""
+    return {
+        "book_id": book_id,
+        "scope": tracker.scope,
+        "state": tracker.state.value,
+        "reason": tracker.reason,
+        "equity_peak": tracker.peak or Decimal(0),
+        "cause": tracker.cause,
+        "day_start": tracker.day_start,
+        "day_equity": tracker.day_equity,
+        "event_id": tracker.event_id,
+        "updated_at": m.utcnow(),
+    }
+
+
+def write_state_events(session: Session, book_id: int, changes: Iterable[TradingStateChange]) -> list[int]:
+    """One trading_state_events row per change; returns their ids."""
+    ids = []
+    for c in changes:
+        row = m.TradingStateEvent(
+            book_id=book_id,
+            ts=c.ts,
+            scope=c.scope,
+            previous=c.previous.value,
+            state=c.state.value,
+            source=c.source.value,
+            reason=c.reason,
+            equity=None if c.equity is None else stored(c.equity),
+        )
+        session.add(row)
+        session.flush()
+        ids.append(row.id)
+    return ids
 
 
 def fill_from_row(row: m.Fill) -> Fill:
@@ -182,10 +252,35 @@ class Journal:
                 for r in session.scalars(select(m.MarketState).where(m.MarketState.book_id == self.book_id))
             }
             states = {
-                r.scope: (TradingState(r.state), r.reason, r.equity_peak)
+                r.scope: saved_state(r)
                 for r in session.scalars(select(m.TradingState).where(m.TradingState.book_id == self.book_id))
             }
-            return BookState(book.starting_cash, fills, open_orders, last_bars, states)
+            recent: list[tuple[str, datetime]] = []
+            if last_bars:
+                since = max(ts for ts, _ in last_bars.values()) - timedelta(days=3)
+                recent = [
+                    (strategy, bar_ts)
+                    for strategy, bar_ts in session.execute(
+                        select(m.Order.strategy, m.Order.bar_ts).where(
+                            m.Order.book_id == self.book_id, m.Order.bar_ts >= since
+                        )
+                    )
+                ]
+            return BookState(book.starting_cash, fills, open_orders, last_bars, states, recent)
+
+    def operator_events(self, after: int) -> list[OperatorEvent]:
+        """Operator halts and resumes recorded after event `after` (by `paperbot halt`/`resume`)."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(m.TradingStateEvent)
+                .where(
+                    m.TradingStateEvent.book_id == self.book_id,
+                    m.TradingStateEvent.id > after,
+                    m.TradingStateEvent.source == StateSource.OPERATOR.value,
+                )
+                .order_by(m.TradingStateEvent.id)
+            )
+            return [OperatorEvent(r.id, r.scope, TradingState(r.state), r.reason, r.ts) for r in rows]
 
     # ---- the bar path ---------------------------------------------------------------------------
 
@@ -241,7 +336,8 @@ class Journal:
                 )
             for item in batch.decisions:
                 self._write_decision(session, item)
-            self._write_alerts(session, batch.alerts)
+            self.write_alerts(session, batch.alerts)
+            write_state_events(session, self.book_id, batch.state_changes)
             if batch.equity is not None:
                 self._write_equity(session, batch.equity, m.SnapshotKind.BAR)
             self._write_trackers(session, batch.trackers)
@@ -305,7 +401,8 @@ class Journal:
             session.add(order)
             session.flush()
 
-    def _write_alerts(self, session: Session, alerts: Iterable[Alert]) -> None:
+    def write_alerts(self, session: Session, alerts: Iterable[Alert]) -> None:
+        """Alert rows in an open transaction."""
         for a in alerts:
             session.add(
                 m.Alert(
@@ -334,27 +431,13 @@ class Journal:
         )
 
     def _write_trackers(self, session: Session, trackers: Sequence[TradingStateTracker]) -> None:
-        self._upsert(
-            session,
-            m.TradingState,
-            [
-                {
-                    "book_id": self.book_id,
-                    "scope": t.scope,
-                    "state": t.state.value,
-                    "reason": t.reason,
-                    "equity_peak": t.peak or Decimal(0),
-                    "updated_at": m.utcnow(),
-                }
-                for t in trackers
-            ],
-        )
+        self._upsert(session, m.TradingState, [tracker_row(self.book_id, t) for t in trackers])
 
     def record_alerts(self, alerts: Sequence[Alert]) -> None:
         """Alerts outside a batch (start-up, reconciliation)."""
         if alerts:
             with self._sessions.begin() as session:
-                self._write_alerts(session, alerts)
+                self.write_alerts(session, alerts)
 
     def record_equity(self, point: EquityPoint, kind: m.SnapshotKind) -> None:
         """A snapshot outside a batch (the periodic job)."""

@@ -18,12 +18,14 @@ from bot.config import RiskSettings
 from bot.model.predictor import Prediction
 from bot.orders import Side
 from bot.risk import (
+    CHECK_CODES,
     CheckOutcome,
     OrderRequest,
     PortfolioView,
     RiskDecision,
     RiskEngine,
     RiskOutcome,
+    StateSource,
     TradingState,
     TradingStateChange,
     TradingStateTracker,
@@ -34,7 +36,21 @@ from bot.strategy import Target
 
 D = Decimal
 T0 = datetime(2024, 1, 2, 9, 0, tzinfo=UTC)
-CODES = ["trading_state", "max_drawdown", "max_position", "max_gross_exposure", "max_order_notional", "cash"]
+CODES = [
+    "lot_size",
+    "trading_state",
+    "max_position",
+    "max_gross_exposure",
+    "max_net_exposure",
+    "max_order_notional",
+    "cash",
+    "order_rate",
+    "max_drawdown",
+    "daily_loss",
+    "stale_data",
+    "price_band",
+    "min_order",
+]
 
 # Roomy defaults: with these, a 100-unit buy of AAPL at 100 passes every check.
 BASE_RISK: dict[str, Any] = {
@@ -61,6 +77,9 @@ def view(
     marks: Mapping[str, str | int] | None = None,
     drawdown: float = 0.0,
     state: TradingState = TradingState.ACTIVE,
+    daily_loss: float = 0.0,
+    orders_today: int = 0,
+    orders_this_second: int = 0,
 ) -> PortfolioView:
     return PortfolioView(
         equity=D(equity),
@@ -70,6 +89,9 @@ def view(
         marks={s: D(p) for s, p in (marks or {"AAPL": 100}).items()},
         drawdown=drawdown,
         state=state,
+        daily_loss=daily_loss,
+        orders_today=orders_today,
+        orders_this_second=orders_this_second,
     )
 
 
@@ -102,7 +124,8 @@ def test_order_inside_every_limit_is_approved_and_every_check_is_recorded() -> N
     assert decision.bar_ts == T0
     assert outcomes(decision) == passed("100")
     stored = json.loads(decision.checks_json())
-    assert stored[0]["detail"] == "ACTIVE"
+    assert stored[1]["detail"] == "ACTIVE"
+    assert tuple(CODES) == CHECK_CODES
     assert all(set(c) == {"code", "outcome", "qty", "detail"} for c in stored)
 
 
@@ -113,27 +136,37 @@ def test_reason_is_the_first_check_that_resized() -> None:
     assert decision.approved_qty == D(200)
     assert decision.reason == "max_position"
     assert outcomes(decision) == [
+        ("lot_size", "pass", "500"),
         ("trading_state", "pass", "500"),
-        ("max_drawdown", "pass", "500"),
         ("max_position", "resize", "300"),
         ("max_gross_exposure", "pass", "300"),
+        ("max_net_exposure", "pass", "300"),
         ("max_order_notional", "resize", "200"),
-        ("cash", "pass", "200"),
+        *passed("200", CODES[6:]),
     ]
 
 
-def test_deny_stops_the_chain_and_names_the_denying_check() -> None:
+def test_a_deny_kills_the_order_but_every_check_is_still_recorded() -> None:
     # Resized by max_position, then nothing is left for the cash check: denied, and the reason is cash.
-    decision = decide(order(Side.BUY, 500), view(cash=0))
+    # The checks after it still run on the 300 that reached it, for the record.
+    decision = decide(order(Side.BUY, 500), view(cash=0), max_orders_per_day=1, price_band=0.01)
     assert decision.outcome is RiskOutcome.DENIED
     assert decision.approved_qty == D(0)
     assert decision.reason == "cash"
-    assert outcomes(decision)[-2:] == [("max_order_notional", "pass", "300"), ("cash", "deny", "0")]
+    assert outcomes(decision)[5:8] == [
+        ("max_order_notional", "pass", "300"),
+        ("cash", "deny", "0"),
+        ("order_rate", "pass", "300"),
+    ]
+    assert [c.code for c in decision.checks] == CODES
     assert [c.outcome for c in decision.checks][:3] == [
         CheckOutcome.PASS,
         CheckOutcome.PASS,
         CheckOutcome.RESIZE,
     ]
+    # A second deny further down is recorded too; the reason stays the first.
+    later = decide(order(Side.BUY, 500), view(cash=0, orders_today=1), max_orders_per_day=1)
+    assert (later.reason, outcomes(later)[7]) == ("cash", ("order_rate", "deny", "0"))
 
 
 def test_request_that_is_not_whole_lots_is_floored() -> None:
@@ -155,7 +188,8 @@ def test_halted_denies_everything(request_: OrderRequest) -> None:
     assert decision.outcome is RiskOutcome.DENIED
     assert decision.approved_qty == D(0)
     assert decision.reason == "trading_state"
-    assert outcomes(decision) == [("trading_state", "deny", "0")]  # nothing after a deny runs
+    assert outcomes(decision)[1] == ("trading_state", "deny", "0")
+    assert [code for code, verdict, _ in outcomes(decision) if verdict == "deny"] == ["trading_state"]
 
 
 def test_reducing_denies_increases() -> None:
@@ -179,7 +213,7 @@ def test_reducing_allows_reductions_but_caps_them_at_flat() -> None:
         D(50),
         "trading_state",
     )
-    assert outcomes(capped)[0] == ("trading_state", "resize", "50")
+    assert outcomes(capped)[1] == ("trading_state", "resize", "50")
     short = view(positions={"AAPL": -20}, state=TradingState.REDUCING)
     assert decide(order(Side.BUY, 30), short).approved_qty == D(20)
 
@@ -200,7 +234,8 @@ def test_max_drawdown_denies_increases_at_or_past_the_limit() -> None:
     for drawdown in (0.2, 0.35):
         decision = decide(order(Side.BUY, 10), view(positions={"AAPL": 50}, drawdown=drawdown))
         assert (decision.outcome, decision.reason) == (RiskOutcome.DENIED, "max_drawdown")
-        assert outcomes(decision) == [("trading_state", "pass", "10"), ("max_drawdown", "deny", "0")]
+        assert outcomes(decision)[1] == ("trading_state", "pass", "10")
+        assert outcomes(decision)[8] == ("max_drawdown", "deny", "0")
         assert decide(order(Side.SELL, 10), view(drawdown=drawdown)).reason == "max_drawdown"  # new short
     below = decide(order(Side.BUY, 10), view(positions={"AAPL": 50}, drawdown=0.19))
     assert below.outcome is RiskOutcome.APPROVED
@@ -307,7 +342,7 @@ def test_max_gross_exposure_counts_this_symbol_and_pending_orders() -> None:
 def test_max_order_notional() -> None:
     decision = decide(order(Side.BUY, 80), view(), max_order_notional=D(5000))
     assert (decision.approved_qty, decision.reason) == (D(50), "max_order_notional")
-    assert outcomes(decision)[4] == ("max_order_notional", "resize", "50")
+    assert outcomes(decision)[5] == ("max_order_notional", "resize", "50")
     # 5 000 / 30 = 166.67 -> 166 units, or 160 in lots of 10.
     assert (
         decide(order(Side.BUY, 300, 30), view(marks={"AAPL": 30}), max_order_notional=D(5000)).approved_qty
@@ -332,8 +367,8 @@ def test_cash_limits_buys_with_a_buffer() -> None:
     assert decide(order(Side.BUY, 100), view(cash=10_100)).outcome is RiskOutcome.APPROVED
     decision = decide(order(Side.BUY, 101), view(cash=10_100))
     assert (decision.approved_qty, decision.reason) == (D(100), "cash")
-    assert (decision.checks[5].code, decision.checks[5].outcome) == ("cash", CheckOutcome.RESIZE)
-    assert decision.checks[5].qty == D(100)
+    assert (decision.checks[6].code, decision.checks[6].outcome) == ("cash", CheckOutcome.RESIZE)
+    assert decision.checks[6].qty == D(100)
 
 
 def test_resized_quantities_are_written_in_plain_notation() -> None:
@@ -441,10 +476,10 @@ def test_tracker_follows_the_peak() -> None:
     t = tracker()
     assert t.peak is None
     assert t.drawdown(D(50)) == 0.0
-    assert t.update(D(100), T0) is None
+    assert t.update(D(100), T0) == []
     assert t.peak == D(100)
-    assert t.update(D(110), T0) is None
-    assert t.update(D(105), T0) is None
+    assert t.update(D(110), T0) == []
+    assert t.update(D(105), T0) == []
     assert t.peak == D(110)
     assert t.drawdown(D(99)) == pytest.approx(0.1, abs=1e-15)
     assert t.drawdown(D(120)) == 0.0  # above the peak is no drawdown
@@ -458,12 +493,11 @@ def test_tracker_breaches_at_the_first_equity_at_or_past_the_limit(
 ) -> None:
     t = tracker(on_breach)
     ts = [T0 + timedelta(hours=i) for i in range(5)]
-    assert t.update(D(100), ts[0]) is None
-    assert t.update(D(120), ts[1]) is None
-    assert t.update(D("96.01"), ts[2]) is None  # 19.99% below 120
+    assert t.update(D(100), ts[0]) == []
+    assert t.update(D(120), ts[1]) == []
+    assert t.update(D("96.01"), ts[2]) == []  # 19.99% below 120
     assert t.state is TradingState.ACTIVE
-    change = t.update(D(96), ts[3])  # exactly 20%
-    assert change is not None
+    [change] = t.update(D(96), ts[3])  # exactly 20%
     assert (change.scope, change.previous, change.state, change.ts) == (
         "s",
         TradingState.ACTIVE,
@@ -471,15 +505,16 @@ def test_tracker_breaches_at_the_first_equity_at_or_past_the_limit(
         ts[3],
     )
     assert change.reason.startswith("max_drawdown: 20.00% from peak 120")
-    assert (t.state, t.reason) == (expected, change.reason)
-    assert t.update(D(90), ts[4]) is None  # already breached: no second change
+    assert (t.state, t.reason, t.cause) == (expected, change.reason, "max_drawdown")
+    assert (change.source, change.equity) == (StateSource.BREACH, D(96))
+    assert t.update(D(90), ts[4]) == []  # already breached: no second change
 
 
 def test_tracker_does_not_resume_when_equity_recovers() -> None:
     t = tracker()
     t.update(D(100), T0)
-    assert t.update(D(70), T0) is not None
-    assert t.update(D(200), T0) is None
+    assert t.update(D(70), T0) != []
+    assert t.update(D(200), T0) == []
     assert t.state is TradingState.HALTED
     assert t.peak == D(200)
 
@@ -491,18 +526,22 @@ def test_set_state_changes_once_and_breach_fires_again_after_a_resume() -> None:
     assert t.set_state(TradingState.HALTED, "operator", T0) is None  # unchanged
     resumed = t.set_state(TradingState.ACTIVE, "operator resume", T0 + timedelta(hours=1))
     assert resumed == TradingStateChange(
-        "s", TradingState.HALTED, TradingState.ACTIVE, "operator resume", T0 + timedelta(hours=1)
+        "s",
+        TradingState.HALTED,
+        TradingState.ACTIVE,
+        "operator resume",
+        T0 + timedelta(hours=1),
+        StateSource.OPERATOR,
     )
-    assert (t.state, t.reason) == (TradingState.ACTIVE, "operator resume")
-    again = t.update(D(75), T0 + timedelta(hours=2))  # still 25% below the peak of 100
-    assert again is not None
+    assert (t.state, t.reason, t.cause) == (TradingState.ACTIVE, "operator resume", None)
+    [again] = t.update(D(75), T0 + timedelta(hours=2))  # still 25% below the peak of 100
     assert again.state is TradingState.HALTED
 
 
 def test_tracker_restored_from_saved_state() -> None:
     t = tracker("reduce", state=TradingState.REDUCING, peak=D(1000), reason="saved")
     assert t.drawdown(D(900)) == pytest.approx(0.1, abs=1e-15)
-    assert t.update(D(500), T0) is None  # already REDUCING: nothing to do
+    assert t.update(D(500), T0) == []  # already REDUCING: nothing to do
     assert (t.state, t.peak, t.reason) == (TradingState.REDUCING, D(1000), "saved")
 
 
@@ -635,14 +674,13 @@ def assert_consistent(result: Result) -> None:
     """Outcome, reason and the check list agree with each other and with the quantity."""
     decision, request = result.decision, result.scenario.request
     assert D(0) <= decision.approved_qty <= request.qty
-    codes = [c.code for c in decision.checks if c.code != "lot_size"]
-    assert codes == CODES[: len(codes)]
+    assert [c.code for c in decision.checks] == CODES  # every check, every order, in order
+    denied = [c.code for c in decision.checks if c.outcome is CheckOutcome.DENY]
     if decision.outcome is RiskOutcome.DENIED:
         assert decision.approved_qty == 0
-        assert decision.checks[-1].outcome is CheckOutcome.DENY
-        assert decision.reason == decision.checks[-1].code
+        assert decision.reason == denied[0]
     else:
-        assert codes == CODES
+        assert denied == []
         assert decision.checks[-1].qty == decision.approved_qty
         resized = [c.code for c in decision.checks if c.outcome is CheckOutcome.RESIZE]
         if decision.outcome is RiskOutcome.APPROVED:
@@ -730,4 +768,4 @@ def test_a_request_in_partial_lots_is_rounded_down_and_says_so() -> None:
     )
     assert outcomes(decision)[0] == ("lot_size", "resize", "10")
     dust = decide(order(Side.SELL, "0.4"), view(positions={"AAPL": "0.4"}))
-    assert (dust.outcome, dust.reason, len(dust.checks)) == (RiskOutcome.DENIED, "lot_size", 1)
+    assert (dust.outcome, dust.reason, len(dust.checks)) == (RiskOutcome.DENIED, "lot_size", len(CODES))

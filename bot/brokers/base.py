@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from bot.bars import Bar
+from bot.config import SymbolRules
 from bot.orders import BrokerOrder, Fill, OrderIntent
 
 
@@ -54,4 +55,8 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+    def market_rules(self, symbol: str) -> SymbolRules | None:
+        """The venue's lot size, minimums and precision for `symbol`, or None where it publishes none."""
         ...

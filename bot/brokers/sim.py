@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from bot.bars import Bar
 from bot.brokers.base import Account
-from bot.config import SimBrokerConfig
+from bot.config import SimBrokerConfig, SymbolRules
 from bot.ledger import Ledger
 from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, to_decimal
 
@@ -116,6 +116,10 @@ class SimBroker:
             self._fills.append(fill)
             fills.append(fill)
         return fills
+
+    def market_rules(self, symbol: str) -> SymbolRules | None:
+        """The simulator has no venue rules: the config's apply."""
+        return None
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -297,3 +297,28 @@ class TradingState(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     equity_peak: Mapped[Decimal]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # What caused a non-ACTIVE state (max_drawdown, daily_loss, operator): the daily reset lifts only
+    # daily_loss. The trading day's start and its equity, so a restart keeps the day's loss.
+    cause: Mapped[str | None] = mapped_column(String(32))
+    day_start: Mapped[datetime | None]
+    day_equity: Mapped[Decimal | None]
+    # The last operator event (trading_state_events.id) applied to this row; a newer one is still to apply.
+    event_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class TradingStateEvent(Base):
+    """A change of trading state: a breach, the operator's halt or resume, or the daily reset."""
+
+    __tablename__ = "trading_state_events"
+    __table_args__ = (Index(None, "book_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    book_id: Mapped[int] = mapped_column(ForeignKey("books.id"))
+    ts: Mapped[datetime]
+    scope: Mapped[str] = mapped_column(String(64))
+    previous: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    equity: Mapped[Decimal | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -62,10 +63,12 @@ _END = object()  # end-of-stream marker on the bar queue
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """How long to wait for the rest of an instant's bars from a live feed before deciding."""
+    """How long to wait for the rest of an instant's bars from a live feed before deciding, and how often
+    (wall clock) to look for operator halts and resumes in the database."""
 
     batch_linger_seconds: float = 0.25
     warmup_max_days: int = 3650
+    operator_poll_seconds: float = 1.0
 
 
 @dataclass
@@ -136,6 +139,7 @@ class Engine:
         self.marks: dict[str, Decimal] = {}
         self._pending: dict[str, OrderIntent] = {}
         self._stop = asyncio.Event()
+        self._next_operator_poll = 0.0  # time.monotonic() of the next look for operator events
         self.stats = EngineStats()
         self._log = get_logger("paperbot.engine")
 
@@ -371,7 +375,13 @@ class Engine:
 
     def _sync_operator(self) -> None:
         """Apply `paperbot halt`/`resume` recorded since the last batch (the CLI writes the event row; the
-        daemon only follows it, so nothing is recorded twice). A resume re-bases at the current equity."""
+        daemon only follows it, so nothing is recorded twice). A resume re-bases at the current equity.
+
+        At most once per operator_poll_seconds: a query per batch would cost a replay a tenth of its time."""
+        now = time.monotonic()
+        if now < self._next_operator_poll:
+            return
+        self._next_operator_poll = now + self._config.operator_poll_seconds
         after = min((rt.tracker.event_id for rt in self._runtimes), default=0)
         by_name = {rt.name: rt for rt in self._runtimes}
         for event in self._journal.operator_events(after):

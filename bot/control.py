@@ -15,10 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.alerts import Alert, AlertKind, Severity
 from bot.config import StrategyConfig
-from bot.journal import Journal, write_state_events
+from bot.journal import Journal, saved_state, write_state_events
 from bot.orders import stored
 from bot.reports import book_status
-from bot.risk import StateCause, StateSource, TradingState, TradingStateChange, day_start
+from bot.risk import (
+    StateCause,
+    StateSource,
+    TradingState,
+    TradingStateChange,
+    TradingStateTracker,
+    day_start,
+)
 from bot.store import models as m
 
 
@@ -104,8 +111,11 @@ def risk_report(
         for strategy in strategies:
             risk = strategy.risk
             row = rows.get(strategy.name)
-            peak = row.equity_peak if row is not None and row.equity_peak > 0 else None
-            day_equity = row.day_equity if row is not None else None
+            # The daemon's own arithmetic on the persisted peak and day: a tracker restored from the row.
+            tracker = TradingStateTracker(strategy.name, risk)
+            if row is not None:
+                tracker.restore(saved_state(row))
+            peak = tracker.peak if tracker.peak and tracker.peak > 0 else None
             # The day as the daemon counts it: from the last reset before the newest bar (or now).
             clock = max(status.last_bar.values(), default=now)
             start = day_start(clock, risk.daily_reset_timezone, risk.daily_reset_time)
@@ -146,10 +156,10 @@ def risk_report(
                     "sizing": strategy.sizing.model_dump(mode="json"),
                     "usage": {
                         "equity_peak": peak,
-                        "drawdown": max(0.0, _frac(peak - equity, peak)) if peak else 0.0,
-                        "day_start": row.day_start if row is not None else None,
-                        "day_equity": day_equity,
-                        "daily_loss": max(0.0, _frac(day_equity - equity, day_equity)) if day_equity else 0.0,
+                        "drawdown": tracker.drawdown(equity),
+                        "day_start": tracker.day_start,
+                        "day_equity": tracker.day_equity,
+                        "daily_loss": tracker.daily_loss(equity),
                         "orders_today": orders_today,
                         "positions": positions,
                     },

@@ -519,12 +519,12 @@ def test_tracker_does_not_resume_when_equity_recovers() -> None:
     assert t.peak == D(200)
 
 
-def test_set_state_changes_once_and_breach_fires_again_after_a_resume() -> None:
+def test_operator_changes_once_and_breach_fires_again_after_a_resume_without_equity() -> None:
     t = tracker()
     t.update(D(100), T0)
     t.update(D(70), T0)
-    assert t.set_state(TradingState.HALTED, "operator", T0) is None  # unchanged
-    resumed = t.set_state(TradingState.ACTIVE, "operator resume", T0 + timedelta(hours=1))
+    assert t.operator(TradingState.HALTED, "operator", T0, None) is None  # unchanged
+    resumed = t.operator(TradingState.ACTIVE, "operator resume", T0 + timedelta(hours=1), None)
     assert resumed == TradingStateChange(
         "s",
         TradingState.HALTED,

@@ -110,7 +110,7 @@ def check_compatible(card: ModelCard, strategy: StrategyConfig) -> None:
     if card.horizons != strategy.model.horizons:
         problems.append(f"horizons {card.horizons} != config {strategy.model.horizons}")
     for key in ("bidirectional", "asset_embedding"):
-        trained_value = card.architecture.get(key, getattr(ModelSettings(), key))
+        trained_value = card.architecture.get(key, ModelSettings.model_fields[key].default)
         if trained_value != getattr(strategy.model, key):
             problems.append(f"{key} {trained_value} != config {getattr(strategy.model, key)}")
     if card.architecture.get("asset_embedding"):

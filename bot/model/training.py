@@ -58,13 +58,36 @@ class TrainResult:
     card: ModelCard
 
 
+class _Windows:
+    """Every sample's feature rows scaled once with one scaler, cut into windows on demand."""
+
+    def __init__(
+        self, samples: Samples, mean: npt.NDArray[np.float64], std: npt.NDArray[np.float64], window: int
+    ) -> None:
+        self.mean, self.std = mean, std
+        self._rows = torch.from_numpy(((samples.rows - mean) / std).astype(np.float32))
+        self._ends = torch.from_numpy(samples.ends)
+        self._assets = torch.from_numpy(samples.assets)
+        self._offsets = torch.arange(-window + 1, 1)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(windows, asset indices) of the samples `index`."""
+        return self._rows[self._ends[index, None] + self._offsets], self._assets[index]
+
+    def predict(self, network: LSTMForecaster, index: torch.Tensor) -> npt.NDArray[np.float64]:
+        """The network's outputs (target-scale units) for the samples `index`, in chunks."""
+        network.eval()
+        with torch.inference_mode():
+            preds = [network(*self.batch(chunk)) for chunk in _chunks(index, 4096)]
+        return torch.cat(preds).double().numpy()
+
+
 @dataclass(frozen=True)
 class _Fit:
     """One fitted network with the statistics it was fitted with and its validation predictions."""
 
     network: LSTMForecaster
-    mean: npt.NDArray[np.float64]
-    std: npt.NDArray[np.float64]
+    windows: _Windows  # the samples scaled with this fit's scaler
     target_scales: npt.NDArray[np.float64]
     best_epoch: int
     epochs_run: int
@@ -185,14 +208,8 @@ def _fit(
     target_scales = samples.targets[split.train].std(axis=0)
     target_scales = np.where(target_scales > 0, target_scales, 1.0)
 
-    rows = torch.from_numpy(((samples.rows - mean) / std).astype(np.float32))
-    offsets_t = torch.from_numpy(offsets)
-    ends = torch.from_numpy(samples.ends)
-    assets = torch.from_numpy(samples.assets)
+    windows = _Windows(samples, mean, std, cfg.window)
     y = torch.from_numpy((samples.targets / target_scales).astype(np.float32))
-
-    def batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return rows[ends[index, None] + offsets_t], assets[index], y[index]
 
     network = LSTMForecaster(
         samples.rows.shape[1],
@@ -214,13 +231,7 @@ def _fit(
     val_t = torch.from_numpy(split.test)
 
     def evaluate() -> tuple[float, npt.NDArray[np.float64]]:
-        network.eval()
-        preds = []
-        with torch.inference_mode():
-            for chunk in _chunks(val_t, 4096):
-                x, a, _ = batch(chunk)
-                preds.append(network(x, a))
-        pred = torch.cat(preds).double().numpy()
+        pred = windows.predict(network, val_t)
         return float(np.mean((pred - y[val_t].double().numpy()) ** 2)), pred * target_scales
 
     best_loss, best_state, best_epoch, stale, epochs_run = math.inf, None, 0, 0, 0
@@ -229,7 +240,8 @@ def _fit(
         total = 0.0
         order = train_t[torch.randperm(len(train_t), generator=generator)]
         for chunk in _chunks(order, settings.batch_size):
-            x, a, target = batch(chunk)
+            x, a = windows.batch(chunk)
+            target = y[chunk]
             optimizer.zero_grad()
             loss = loss_fn(network(x, a), target)
             torch.autograd.backward(loss)
@@ -259,7 +271,7 @@ def _fit(
     network.load_state_dict(best_state)
     network.eval()
     _, val_pred = evaluate()
-    return _Fit(network, mean, std, target_scales, best_epoch, epochs_run, val_pred)
+    return _Fit(network, windows, target_scales, best_epoch, epochs_run, val_pred)
 
 
 def _check_sizes(strategy: StrategyConfig, split: Split, what: str) -> None:
@@ -297,7 +309,7 @@ def cross_validate(
         fit_split = Split(split.train[inner.train], split.train[inner.test])
         _check_sizes(strategy, fit_split, f"cv fold {k}")
         fit = _fit(samples, strategy, fit_split, progress, {"fold": k})
-        test_pred = _predict(fit, samples, split.test, strategy.model.window)
+        test_pred = fit.windows.predict(fit.network, torch.from_numpy(split.test)) * fit.target_scales
         metrics = _metrics(test_pred, samples.targets[split.test], horizons)
         folds.append(
             {
@@ -317,20 +329,6 @@ def cross_validate(
         "folds": folds,
         "mean": {key: float(np.mean([f["metrics"][key] for f in folds])) for key in keys},
     }
-
-
-def _predict(
-    fit: _Fit, samples: Samples, index: npt.NDArray[np.int64], window: int
-) -> npt.NDArray[np.float64]:
-    offsets = np.arange(-window + 1, 1)
-    preds = []
-    with torch.inference_mode():
-        for start in range(0, len(index), 4096):
-            chunk = index[start : start + 4096]
-            x = (samples.rows[samples.ends[chunk, None] + offsets] - fit.mean) / fit.std
-            out = fit.network(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(samples.assets[chunk]))
-            preds.append(out.double().numpy())
-    return np.concatenate(preds) * fit.target_scales
 
 
 def train_model(
@@ -371,8 +369,8 @@ def train_model(
             "bidirectional": cfg.bidirectional,
             "asset_embedding": cfg.asset_embedding,
         },
-        scaler_mean=[float(v) for v in fit.mean],
-        scaler_std=[float(v) for v in fit.std],
+        scaler_mean=[float(v) for v in fit.windows.mean],
+        scaler_std=[float(v) for v in fit.windows.std],
         target_scales=[float(v) for v in fit.target_scales],
         symbols=sorted(bars_by_symbol),
         timeframe=strategy.timeframe,

@@ -171,13 +171,6 @@ class TradingStateTracker:
         cause = None if state is TradingState.ACTIVE else StateCause.OPERATOR
         return self._move(state, reason, ts, StateSource.OPERATOR, cause, equity=equity)
 
-    def set_state(self, state: TradingState, reason: str, ts: datetime) -> TradingStateChange | None:
-        """Move to `state` on the operator's word; None when nothing changes."""
-        if state is self.state:
-            return None
-        cause = None if state is TradingState.ACTIVE else StateCause.OPERATOR
-        return self._move(state, reason, ts, StateSource.OPERATOR, cause)
-
     def _move(
         self,
         state: TradingState,

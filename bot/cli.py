@@ -8,6 +8,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 from bot.bars import utc
@@ -209,7 +210,12 @@ def _operator(args: argparse.Namespace, config: AppConfig) -> int:
         sessions = session_factory(engine)
         name = args.book or config.daemon.book
         kind = m.BookKind.DAEMON.value if name == config.daemon.book else m.BookKind.BACKTEST.value
-        book_id = Journal.open_book(sessions, name, kind, config.broker.starting_cash)
+        cash = config.broker.initial_cash()
+        if cash is None and find_book(sessions, name, name) is None:
+            raise OperationalError(
+                f"no book {name!r} yet: the daemon opens it, with the broker account's cash, on its first run"
+            )
+        book_id = Journal.open_book(sessions, name, kind, cash or Decimal(0))
         for result in set_trading_state(
             sessions, book_id, scopes, state, reason=args.reason, now=datetime.now(UTC)
         ):

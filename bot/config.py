@@ -10,38 +10,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.bars import parse_timeframe, utc
+from bot.brokers.registry import BrokerConfig
 from bot.errors import ConfigError
+from bot.feeds.base import FeedContext
+from bot.feeds.registry import FeedConfig
+from bot.settings import Section, SymbolRules, resolve_path
 
 DATABASE_URL_ENV = "PAPERBOT_DATABASE_URL"
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
-Bps = Annotated[Decimal, Field(ge=0, le=1000)]
 
 
-class _Section(BaseModel):
-    # An unknown key is an error, not a silently ignored typo.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
-
-
-class DaemonConfig(_Section):
+class DaemonConfig(Section):
     """[daemon]: where the books live and how the process behaves."""
 
     database_url: str = "sqlite:///var/paperbot.sqlite"
@@ -51,6 +36,8 @@ class DaemonConfig(_Section):
     equity_snapshot_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    # How long the engine waits, on the market clock, for the rest of an instant's bars after the first.
+    batch_linger_seconds: Annotated[float, Field(ge=0, le=3600)] = 0.25
 
     @field_validator("database_url")
     @classmethod
@@ -60,54 +47,26 @@ class DaemonConfig(_Section):
         except ArgumentError:  # its message repeats the URL, which may hold a password: say less
             raise ValueError("cannot parse it as a SQLAlchemy URL (dialect+driver://user@host/db)") from None
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            url = url.set(database=str(_resolve(Path(url.database), info)))
+            url = url.set(database=str(resolve_path(Path(url.database), info)))
         return url.render_as_string(hide_password=False)
 
     @field_validator("log_file")
     @classmethod
     def _log_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_path(value, info)
 
 
-class ReplayFeedConfig(_Section):
-    """[feed] kind = "replay": bars from `{data_dir}/{SYMBOL}.csv`."""
+class ReconciliationSettings(Section):
+    """[reconciliation]: how often the ledger is compared with the broker, and what counts as a mismatch."""
 
-    kind: Literal["replay"] = "replay"
-    data_dir: Path
-    speed: Annotated[float, Field(ge=0)] = 0.0
-    start: datetime | None = None
-    end: datetime | None = None
-
-    @field_validator("data_dir")
-    @classmethod
-    def _data_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        path = _resolve(value, info)
-        if not path.is_dir():
-            raise ValueError(f"folder {path} does not exist")
-        return path
-
-    @field_validator("start", "end")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else utc(value)
-
-    @model_validator(mode="after")
-    def _span(self) -> ReplayFeedConfig:
-        if self.start and self.end and self.start >= self.end:
-            raise ValueError("start must be before end")
-        return self
+    interval_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    cash_tolerance: Annotated[Decimal, Field(ge=0)] = Decimal("0.01")
+    qty_tolerance: Annotated[Decimal, Field(ge=0)] = Decimal(0)
+    # A difference must still be there this long after it was first seen (fills can be in flight).
+    settle_seconds: Annotated[float, Field(ge=0, le=600)] = 2.0
 
 
-class SimBrokerConfig(_Section):
-    """[broker] kind = "sim": fills market orders at the next bar's open plus slippage and commission."""
-
-    kind: Literal["sim"] = "sim"
-    starting_cash: Annotated[Decimal, Field(gt=0, le=Decimal("1e12"))] = Decimal(100_000)
-    commission_bps: Bps = Decimal(1)
-    slippage_bps: Bps = Decimal(2)
-
-
-class FeatureSettings(_Section):
+class FeatureSettings(Section):
     """[strategies.features]: the incremental indicators behind the model's inputs."""
 
     return_lags: Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1)] = [1, 2, 4, 8]
@@ -156,7 +115,7 @@ class FeatureSettings(_Section):
         return self
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     """[strategies.model]: the LSTM's shape."""
 
     window: Annotated[int, Field(ge=4, le=512)] = 32
@@ -190,7 +149,7 @@ class ModelSettings(_Section):
         return self
 
 
-class TrainingSettings(_Section):
+class TrainingSettings(Section):
     """[strategies.training]: how `paperbot train` fits the model, and on which span of the replay data."""
 
     start: datetime | None = None
@@ -226,18 +185,6 @@ class TrainingSettings(_Section):
         return self
 
 
-class SymbolRules(_Section):
-    """[strategies.risk.symbols.SYMBOL]: one symbol's order rules; unset keys fall back to the strategy's
-    risk settings (and, where the broker publishes market info, to that first)."""
-
-    lot_size: Annotated[Decimal, Field(gt=0)] | None = None
-    min_qty: Annotated[Decimal, Field(ge=0)] | None = None
-    min_notional: Annotated[Decimal, Field(ge=0)] | None = None
-    qty_precision: Annotated[int, Field(ge=0, le=10)] | None = None
-    price_precision: Annotated[int, Field(ge=0, le=10)] | None = None
-    max_position_qty: Annotated[Decimal, Field(gt=0)] | None = None
-
-
 def lot_precision_problem(lot: Decimal, places: int | None) -> str | None:
     """Why a lot cannot be written in the quantity precision (no quantity could satisfy both), or None."""
     exponent = lot.normalize().as_tuple().exponent
@@ -256,7 +203,7 @@ def _hhmm(value: str) -> str:
     return value
 
 
-class RiskSettings(_Section):
+class RiskSettings(Section):
     """[strategies.risk]: limits every order passes before it is sent. A limit set to none is off."""
 
     max_drawdown: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -298,7 +245,7 @@ class RiskSettings(_Section):
         return _hhmm(value)
 
 
-class SizingSettings(_Section):
+class SizingSettings(Section):
     """[strategies.sizing]: how big the full position (target weight 1) is.
 
     fixed_fraction: `fraction` of equity (default: max_position_fraction). vol_target: the notional whose
@@ -317,7 +264,7 @@ class SizingSettings(_Section):
     error_window: Annotated[int, Field(ge=2, le=10_000)] = 100
 
 
-class StrategyConfig(_Section):
+class StrategyConfig(Section):
     """One [[strategies]] entry: symbols, the model that drives them, and their limits."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
@@ -356,7 +303,7 @@ class StrategyConfig(_Section):
     @field_validator("model_dir")
     @classmethod
     def _model_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
     @property
     def bar_interval(self) -> timedelta:
@@ -364,12 +311,13 @@ class StrategyConfig(_Section):
         return parse_timeframe(self.timeframe)
 
 
-class AppConfig(_Section):
+class AppConfig(Section):
     """The whole config.toml."""
 
     daemon: DaemonConfig = DaemonConfig()
-    feed: ReplayFeedConfig
-    broker: SimBrokerConfig = SimBrokerConfig()
+    feed: FeedConfig
+    broker: BrokerConfig = Field(default_factory=lambda: {"kind": "sim"}, validate_default=True)
+    reconciliation: ReconciliationSettings = ReconciliationSettings()
     strategies: Annotated[list[StrategyConfig], Field(min_length=1)]
 
     def strategy(self, name: str | None) -> StrategyConfig:
@@ -388,6 +336,18 @@ class AppConfig(_Section):
         """Every traded symbol, strategy by strategy."""
         return [symbol for strategy in self.strategies for symbol in strategy.symbols]
 
+    def feed_context(
+        self, *, backtest: bool = False, start: datetime | None = None, end: datetime | None = None
+    ) -> FeedContext:
+        """What the feed is built for: every symbol with its strategy's timeframe."""
+        return FeedContext(
+            {s: strategy.bar_interval for strategy in self.strategies for s in strategy.symbols},
+            backtest=backtest,
+            start=start,
+            end=end,
+            keys={s: f"strategies[{i}].symbols" for i, st in enumerate(self.strategies) for s in st.symbols},
+        )
+
 
 def _cross_check(config: AppConfig) -> None:
     """Checks that span sections; each names the exact key at fault."""
@@ -402,9 +362,6 @@ def _cross_check(config: AppConfig) -> None:
                     f"strategies[{i}].symbols", f"{symbol} is already traded by strategy {owner[symbol]}"
                 )
             owner[symbol] = strategy.name
-            csv = config.feed.data_dir / f"{symbol}.csv"
-            if not csv.is_file():
-                raise ConfigError(f"strategies[{i}].symbols", f"no data file {csv} for {symbol}")
 
 
 def _check_symbol_rules(i: int, risk: RiskSettings, symbols: list[str]) -> None:
@@ -419,6 +376,14 @@ def _check_symbol_rules(i: int, risk: RiskSettings, symbols: list[str]) -> None:
         problem = lot_precision_problem(rules.lot_size or risk.lot_size, places)
         if problem:
             raise ConfigError(f"{key}.symbols.{symbol}.lot_size", problem)
+
+
+_UNIONS = {"feed": "replay", "broker": "sim"}  # sections chosen by kind (and the kind left out means)
+
+
+def _kind(data: dict[str, Any], section: str) -> object:
+    table = data.get(section)
+    return table.get("kind", _UNIONS[section]) if isinstance(table, dict) else None
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -439,9 +404,18 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AppConfig:
         first = exc.errors()[0]
         extra = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         reason = first["msg"].removeprefix("Value error, ")
+        loc = tuple(first["loc"])
+        section = loc[0] if loc and isinstance(loc[0], str) else ""
+        if section in _UNIONS and len(loc) > 1 and loc[1] == _kind(data, section):
+            loc = (loc[0], *loc[2:])  # ("feed", "alpaca", "stream_url"): the kind's tag is not a key
         if first["type"] == "extra_forbidden":
             reason = "unknown key"
-        raise ConfigError(_key(tuple(first["loc"])), reason + extra) from exc
+        elif first["type"] == "union_tag_invalid":
+            loc, reason = (
+                (*loc, "kind"),
+                f"unknown kind; choose from {first.get('ctx', {}).get('expected_tags')}",
+            )
+        raise ConfigError(_key(loc), reason + extra) from exc
     _cross_check(config)
     return config
 

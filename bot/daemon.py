@@ -7,19 +7,18 @@ import hashlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from bot.brokers import SimBroker
+from bot.brokers import Broker, BrokerContext
 from bot.config import AppConfig, StrategyConfig
 from bot.drift import DriftMonitor
-from bot.engine import Engine, EngineStats, StrategyRuntime
+from bot.engine import Engine, EngineConfig, EngineStats, StrategyRuntime
 from bot.errors import ConfigError, ModelError
 from bot.features import FeatureEngine
-from bot.feeds import ReplayFeed
-from bot.journal import BookState, Journal
+from bot.journal import Journal
 from bot.logs import get_logger
 from bot.model import (
     LoadedModel,
@@ -30,7 +29,6 @@ from bot.model import (
     resolve_device,
 )
 from bot.model.forecaster import Forecaster, model_forecaster
-from bot.orders import OrderStatus
 from bot.reports import BookStatus, book_status
 from bot.risk import RiskEngine, Sizer, TradingStateTracker
 from bot.scheduler import SchedulerConfig, build_scheduler
@@ -94,23 +92,34 @@ async def run_daemon(
     end: datetime | None = None,
     install_signals: bool = True,
     stop_after_batches: int | None = None,
+    on_batch: Callable[[Engine], None] | None = None,
+    broker: Broker | None = None,
 ) -> RunOutcome:
     """`run` (the configured book, paced, resumable) or `backtest` (a new book, as fast as possible).
 
-    Everything that can refuse the start (models, device) is checked before the database is touched."""
+    Everything that can refuse the start (models, device, the feed's files, the broker's keys and URLs)
+    is checked before the database is touched. `on_batch` is called after every batch, and `broker`
+    replaces the configured one: both are for tests that script a venue."""
     torch.set_num_threads(config.daemon.torch_threads)
     device = resolve_device(config.daemon.device)
     models = [load_strategy_model(i, s) for i, s in enumerate(config.strategies)]
+    backtest = command == "backtest"
+    span_start, span_end = config.feed.span()
+    start, end = start or span_start, end or span_end
+    feed = config.feed.build(config.feed_context(backtest=backtest, start=start, end=end))
+    broker = broker or config.broker.build(BrokerContext(config.all_symbols, backtest=backtest))
     ensure_schema(config.daemon.database_url)
     db = make_engine(config.daemon.database_url)
     try:
-        backtest = command == "backtest"
+        await broker.start()
+        await feed.start()
         sessions = session_factory(db)
         book_name = f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}" if backtest else config.daemon.book
         kind = m.BookKind.BACKTEST if backtest else m.BookKind.DAEMON
-        journal = Journal(
-            sessions, Journal.open_book(sessions, book_name, kind.value, config.broker.starting_cash)
-        )
+        cash = config.broker.initial_cash()
+        if cash is None:  # a venue's paper account: a new book starts with the cash it holds now
+            cash = (await broker.account()).cash
+        journal = Journal(sessions, Journal.open_book(sessions, book_name, kind.value, cash))
         runtimes = [
             make_runtime(
                 s,
@@ -124,17 +133,8 @@ async def run_daemon(
             for loaded in models:
                 catalog.activate(sessions, loaded.card.name, loaded.card.version)
         journal.start_run(command, config_digest(config_path))
-        start = start or config.feed.start
-        feed = ReplayFeed(
-            config.feed.data_dir,
-            {s: rt.config.bar_interval for rt in runtimes for s in rt.config.symbols},
-            speed=0.0 if backtest else config.feed.speed,
-            start=start,
-            end=end or config.feed.end,
-        )
-        broker = SimBroker(config.broker)
         state = journal.load_state()
-        broker.restore(state.fills, [i for i, s in state.open_orders if s is not OrderStatus.NEW])
+        broker.restore(state.fills, state.open_orders)
         engine = Engine(
             feed,
             broker,
@@ -142,45 +142,75 @@ async def run_daemon(
             runtimes,
             book=book_name,
             starting_cash=state.starting_cash,
-            on_batch=_stop_after(stop_after_batches) if stop_after_batches else None,
+            config=EngineConfig(
+                batch_linger_seconds=config.daemon.batch_linger_seconds,
+                reconciliation=config.reconciliation,
+            ),
+            on_batch=_after_batch(on_batch, stop_after_batches),
         )
         engine.restore(state)
-        await engine.warm_up(_warmup_points(state, feed, start))
-        await engine.reconcile(state)
-        stats = await _serve(engine, journal, config, book_name, live=not backtest, signals=install_signals)
-        await feed.close()
-        await broker.close()
+        stats = await _serve(
+            engine,
+            journal,
+            config,
+            book_name,
+            start=start,
+            last_bars={s: ts for s, (ts, _) in state.last_bars.items()},
+            live=not backtest,
+            signals=install_signals,
+        )
         return RunOutcome(stats, book_status(sessions, journal.book_id))
     finally:
+        await feed.close()
+        await broker.close()
         db.dispose()
 
 
 async def _serve(
-    engine: Engine, journal: Journal, config: AppConfig, book: str, *, live: bool, signals: bool
+    engine: Engine,
+    journal: Journal,
+    config: AppConfig,
+    book: str,
+    *,
+    start: datetime | None,
+    last_bars: dict[str, datetime],
+    live: bool,
+    signals: bool,
 ) -> EngineStats:
-    """Run the engine with the scheduler and signal handlers around it; record how the run ended."""
+    """Reconcile, warm up and run the engine, with the scheduler and signal handlers around it; record how
+    the run ended. Nothing is traded before the start-up reconciliation has finished."""
     log = get_logger("paperbot.daemon")
 
     async def snapshot() -> None:
         if all(s in engine.marks for s in engine.ledger.positions()):
-            journal.record_equity(engine.equity_point(datetime.now(UTC)), m.SnapshotKind.PERIODIC)
+            journal.record_equity(engine.equity_point(engine.market_now()), m.SnapshotKind.PERIODIC)
 
     async def ping() -> None:
         notify("WATCHDOG=1")
 
+    async def reconcile() -> None:
+        engine.request_reconcile("periodic")
+
     scheduler = build_scheduler(
-        SchedulerConfig(config.daemon.equity_snapshot_seconds, watchdog_interval()), snapshot, ping
+        SchedulerConfig(
+            config.daemon.equity_snapshot_seconds, config.reconciliation.interval_seconds, watchdog_interval()
+        ),
+        snapshot,
+        reconcile,
+        ping,
     )
     loop = asyncio.get_running_loop()
     if signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, engine.stop)
-    if live:  # wall-clock snapshots mean nothing in a backtest that runs as fast as it can
-        scheduler.start()
-    notify("READY=1")
-    log.info("started", book=book, strategies=list(engine.trading_states), live=live)
     status, message = m.RunStatus.FAILED, None
     try:
+        await engine.reconcile_at_start()
+        await engine.warm_up(last_bars, start)
+        if live:  # wall-clock jobs mean nothing in a backtest that runs as fast as it can
+            scheduler.start()
+        notify("READY=1")
+        log.info("started", book=book, strategies=list(engine.trading_states), live=live)
         stats = await engine.run()
         status = m.RunStatus.STOPPED if stats.stopped else m.RunStatus.COMPLETED
         return stats
@@ -198,20 +228,16 @@ async def _serve(
         log.info("stopped", status=status.value, bars=engine.stats.bars, fills=engine.stats.fills)
 
 
-def _warmup_points(state: BookState, feed: ReplayFeed, start: datetime | None) -> dict[str, datetime]:
-    """Where each symbol's history ends: after its last handled bar, else at the replay start."""
-    points: dict[str, datetime] = {}
-    for symbol in feed.symbols:
-        if symbol in state.last_bars:
-            points[symbol] = state.last_bars[symbol][0] + timedelta(microseconds=1)
-        elif start is not None:
-            points[symbol] = start
-    return points
+def _after_batch(
+    hook: Callable[[Engine], None] | None, stop_after: int | None
+) -> Callable[[Engine], None] | None:
+    if stop_after is None:
+        return hook
 
-
-def _stop_after(batches: int) -> Callable[[Engine], None]:
     def check(engine: Engine) -> None:
-        if engine.stats.batches >= batches:
+        if hook is not None:
+            hook(engine)
+        if engine.stats.batches >= stop_after:
             engine.stop()
 
     return check

@@ -1,7 +1,8 @@
 """The engine: one asyncio loop joining the stages of the bar path.
 
-Feed -> BarGuard -> broker market step (fills) -> marks, equity, trading state -> FeatureEngine ->
-Predictor (one batch per strategy) -> Strategy -> sizing + RiskEngine -> Journal (intent rows) -> Broker.
+Feed -> Batcher (one instant at a time) -> BarGuard -> broker market step -> marks, equity, trading state ->
+FeatureEngine -> Predictor (one batch per strategy) -> Strategy -> sizing + RiskEngine -> Journal (intent
+rows) -> Broker. Beside the bars, the broker's events (order updates, fills) and reconciliation passes.
 
 Bars that close at the same instant form one batch and one database transaction. Backtest and live differ
 only in the feed and the broker they are given."""
@@ -12,8 +13,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -21,12 +22,13 @@ import numpy as np
 
 from bot.alerts import Alert, AlertKind, Severity
 from bot.bars import Bar, BarGuard
-from bot.brokers import Broker
-from bot.config import StrategyConfig
+from bot.batching import Batcher, Instant
+from bot.brokers import Broker, BrokerEvent, BrokerStatus
+from bot.config import ReconciliationSettings, StrategyConfig
 from bot.drift import DriftMonitor
-from bot.errors import BrokerError
+from bot.errors import BrokerError, BrokerUnavailableError, TemporaryError
 from bot.features import FeatureEngine
-from bot.feeds import Feed
+from bot.feeds import BarRevision, Feed, FeedItem
 from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
 from bot.ledger import Ledger
 from bot.logs import get_logger
@@ -34,14 +36,16 @@ from bot.model import Prediction
 from bot.model.forecaster import Forecaster
 from bot.orders import (
     BrokerOrder,
-    Fill,
+    OpenOrder,
     OrderIntent,
     OrderStatus,
+    OrderUpdate,
     Side,
     client_order_id,
     stored,
     to_decimal,
 )
+from bot.reconcile import BookView, Mismatch, Reconciler
 from bot.risk import (
     BarContext,
     OrderCounter,
@@ -59,16 +63,18 @@ from bot.risk import (
 from bot.strategy import ForecastStrategy, Target
 
 _END = object()  # end-of-stream marker on the bar queue
+_MAX_BACKOFF = 60.0  # seconds between retries of a reconciliation the broker could not answer
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """How long to wait for the rest of an instant's bars from a live feed before deciding, and how often
-    (wall clock) to look for operator halts and resumes in the database."""
+    """How long an instant waits for the rest of its bars (market time), how far back warm-up may look,
+    how often (wall clock) to look for operator halts and resumes, and how reconciliation judges."""
 
     batch_linger_seconds: float = 0.25
     warmup_max_days: int = 3650
     operator_poll_seconds: float = 1.0
+    reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
 
 
 @dataclass
@@ -115,7 +121,6 @@ class Engine:
         starting_cash: Decimal,
         config: EngineConfig | None = None,
         on_batch: Callable[[Engine], None] | None = None,
-        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._book = book
         self._feed = feed
@@ -125,9 +130,6 @@ class Engine:
         self._config = config or EngineConfig()
         self._on_batch = on_batch
         self._owner = {s: rt for rt in self._runtimes for s in rt.config.symbols}
-        # The clock the stale-data guard measures bar age against: a live feed's wall clock; None (replay)
-        # means the batch's close time, so a replay is never stale however fast it runs.
-        self._clock = clock
         self._last_ts: dict[str, datetime] = {}
         self._orders = {rt.name: OrderCounter() for rt in self._runtimes}
         for rt in self._runtimes:
@@ -135,10 +137,23 @@ class Engine:
             if market:
                 rt.risk = rt.risk.with_market(market)
         self._guard = BarGuard()
+        self._batcher = Batcher(
+            [rt.config.symbols for rt in self._runtimes], timedelta(seconds=self._config.batch_linger_seconds)
+        )
+        self._reconciler = Reconciler(broker, self._config.reconciliation, list(self._owner))
         self.ledger = Ledger(starting_cash)
         self.marks: dict[str, Decimal] = {}
-        self._pending: dict[str, OrderIntent] = {}
+        self._pending: dict[str, OpenOrder] = {}
+        self._fill_ids: set[str] = set()
+        self._last_fill_ts: datetime | None = None
+        self._seen: datetime | None = None  # the latest bar close taken: all the market time a replay has
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # something besides a bar or a broker event wants the loop's attention
+        self._reconcile_why: str | None = None
+        self._reconcile_backoff = 0.0
+        self._mismatches: frozenset[str] = frozenset()  # what the last pass alerted (and halted) on
+        self._foreign_alerted: set[str] = set()
+        self._broker_down = False
         self._next_operator_poll = 0.0  # time.monotonic() of the next look for operator events
         self.stats = EngineStats()
         self._log = get_logger("paperbot.engine")
@@ -150,14 +165,26 @@ class Engine:
         self.stats.stopped = True
         self._stop.set()
 
+    def market_now(self) -> datetime:
+        """Market time: the venue's clock where the feed has one, never before the latest bar taken."""
+        clock = self._feed.clock
+        venue = clock.now() if clock is not None else None
+        if self._seen is None:
+            return venue or datetime.now(UTC)
+        return self._seen if venue is None else max(self._seen, venue)
+
     def restore(self, state: BookState) -> None:
         """Continue a book: ledger from its fills, marks and guard from its last bars, states, open orders."""
         for fill in state.fills:
             self.ledger.apply(fill)
+            self._fill_ids.add(fill.broker_fill_id)
+            self._last_fill_ts = fill.ts if self._last_fill_ts is None else max(self._last_fill_ts, fill.ts)
         for symbol, (ts, close) in state.last_bars.items():
             self.marks[symbol] = close
             self._guard.seed(symbol, ts)
             self._last_ts[symbol] = ts
+            close_time = ts + self._interval_of(symbol)
+            self._seen = close_time if self._seen is None else max(self._seen, close_time)
         for rt in self._runtimes:
             saved = state.trading_states.get(rt.name)
             if saved is not None:
@@ -167,30 +194,26 @@ class Engine:
         for strategy, bar_ts in state.recent_orders:
             if strategy in self._orders:
                 self._orders[strategy].add(bar_ts + self._owner_interval(strategy))
-        self._pending = {intent.client_order_id: intent for intent, _ in state.open_orders}
-        self._feed.resume_from({s: ts for s, (ts, _) in state.last_bars.items()})
+        self._pending = {o.intent.client_order_id: o for o in state.open_orders}
 
-    async def reconcile(self, state: BookState) -> None:
-        """Settle orders left NEW or UNKNOWN by a stop: send what never arrived, adopt what did."""
-        for intent, status in state.open_orders:
-            if status not in (OrderStatus.NEW, OrderStatus.UNKNOWN):
-                continue
-            known = await self._broker.order_by_client_id(intent.client_order_id)
-            if known is None:
-                await self._submit(intent)
-            else:
-                self._journal.update_order(known)
-
-    async def warm_up(self, before: dict[str, datetime]) -> None:
-        """Fill the feature windows from history so the first live bar can be decided on.
+    async def warm_up(self, last_bars: dict[str, datetime], start: datetime | None) -> None:
+        """Fill the feature windows from the feed's history so the first bar can be decided on, then tell
+        the feed where to resume. History ends after a symbol's last handled bar, else at `start`, else
+        (a live book's first run) now on the market clock.
 
         Bars pass a scratch guard exactly as they would have live, so the windows equal those of a run
         that never stopped."""
         scratch = BarGuard()
+        resume = dict(last_bars)
+        live_now = self.market_now() if self._feed.clock is not None else None
         for rt in self._runtimes:
             need = rt.features.warmup_bars
             for symbol in rt.config.symbols:
-                end = before.get(symbol)
+                end = (
+                    last_bars[symbol] + timedelta(microseconds=1)
+                    if symbol in last_bars
+                    else start or live_now
+                )
                 if end is None:
                     continue
                 span = rt.config.bar_interval * need * 2
@@ -204,77 +227,70 @@ class Engine:
                         rt.features.update(bar)
                         rt.forecaster.observe(bar)
                         rt.sizer.observe_bar(bar.symbol, bar.open, bar.close)
+                if bars and symbol not in resume:
+                    resume[symbol] = bars[-1].ts
+        self._feed.resume_from(resume)
         self._log.info(
             "warmed_up", symbols={s: rt.features.ready(s) for rt in self._runtimes for s in rt.config.symbols}
         )
 
     async def run(self) -> EngineStats:
-        """Consume the feed batch by batch until it ends or `stop()` is called."""
-        now = datetime.now(UTC)
-        self._journal.record_alerts(
-            [
-                Alert(now, Severity.WARNING, AlertKind.FEED_PROBLEM, p.message, symbol=p.symbol)
-                for p in self._feed.drain_problems()
-            ]
-        )
-        async for batch in self._batches():
-            await self.process_batch(batch)
-            if self._on_batch is not None:
-                self._on_batch(self)
-            if self._stop.is_set():
-                break
-        return self.stats
-
-    async def _batches(self) -> AsyncIterator[list[Bar]]:
-        """Group bars closing at the same instant; a live feed gets `batch_linger_seconds` to finish one."""
+        """Consume the feed batch by batch, and the broker's events beside it, until the feed ends or
+        `stop()` is called."""
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=10_000)
-
-        async def produce() -> None:
-            try:
-                async for bar in self._feed.stream():
-                    await queue.put(bar)
-            finally:
-                await queue.put(_END)
-
-        producer = asyncio.create_task(produce(), name="feed")
-        stopper = asyncio.create_task(self._stop.wait(), name="stop")
-        held: object = None
+        producer = asyncio.create_task(self._produce(queue), name="feed")
         try:
             while not self._stop.is_set():
-                item = held if held is not None else await self._next(queue, stopper, None)
-                held = None
-                if item is _END or item is None:
+                await self._chores()
+                item = await self._next(queue)
+                ended = item is _END
+                if item is not None and not ended:
+                    self._take(item)  # type: ignore[arg-type]
+                for instant in self._batcher.due(self.market_now(), flush=ended):
+                    if self._stop.is_set():
+                        break  # leave the rest whole to the next run, which replays it
+                    await self.process_batch(instant)
+                    if self._on_batch is not None:
+                        self._on_batch(self)
+                if ended:
                     break
-                assert isinstance(item, Bar)
-                batch = [item]
-                while True:
-                    nxt = await self._next(queue, stopper, self._config.batch_linger_seconds)
-                    if isinstance(nxt, Bar) and nxt.close_time == item.close_time:
-                        batch.append(nxt)
-                        continue
-                    held = nxt
-                    break
-                if self._stop.is_set():
-                    # The instant may be incomplete: leave all of it to the next run, which replays it whole.
-                    break
-                yield batch
         finally:
-            stopper.cancel()
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
             if producer.done() and not producer.cancelled() and producer.exception() is not None:
                 raise producer.exception()  # type: ignore[misc]
+        return self.stats
 
-    @staticmethod
-    async def _next(
-        queue: asyncio.Queue[object], stopper: asyncio.Task[bool], timeout: float | None
-    ) -> object:
-        """The next item, or None on timeout or stop."""
+    async def _produce(self, queue: asyncio.Queue[object]) -> None:
+        try:
+            async for item in self._feed.stream():
+                await queue.put(item)
+        finally:
+            await queue.put(_END)
+
+    async def _next(self, queue: asyncio.Queue[object]) -> object:
+        """The next feed item; None when something else needs the loop first (a broker event, a chore,
+        the stop, or an instant's linger running out)."""
         if not queue.empty():
             return queue.get_nowait()
+        timeout = None
+        deadline = self._batcher.deadline()
+        if deadline is not None and self._feed.clock is not None:
+            timeout = self._feed.clock.seconds_until(deadline)
         getter = asyncio.ensure_future(queue.get())
-        done, _ = await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        others = [
+            asyncio.ensure_future(self._broker.events.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._stop.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(
+                {getter, *others}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in others:
+                waiter.cancel()
         if getter in done:
             return getter.result()
         getter.cancel()
@@ -282,14 +298,294 @@ class Engine:
             await getter
         return None
 
+    def _take(self, item: FeedItem) -> None:
+        """A feed item into the batcher, or straight into the journal (late bars, revisions, alerts)."""
+        if isinstance(item, Alert):
+            self._journal.record_alerts([item])
+            self._log.warning("feed_problem", symbol=item.symbol, message=item.message)
+        elif isinstance(item, BarRevision):
+            if self._batcher.revise(item.bar):
+                self._log.info("bar_revised", symbol=item.bar.symbol, bar_ts=item.bar.ts.isoformat())
+            else:
+                self._record_bar_alert(
+                    item.bar, AlertKind.BAR_REVISED, f"revised after its decision: {item.reason}"
+                )
+        else:
+            close = item.close_time
+            self._seen = close if self._seen is None else max(self._seen, close)
+            if not self._batcher.add(item, self.market_now()):
+                self._record_bar_alert(item, AlertKind.LATE_BAR, "arrived after its instant was decided")
+
+    def _record_bar_alert(self, bar: Bar, kind: AlertKind, message: str) -> None:
+        """A bar that will never be traded on, recorded with its values in the alert."""
+        owner = self._owner.get(bar.symbol)
+        details = {
+            "bar_ts": bar.ts.isoformat(),
+            "open": bar.open,
+            "high": bar.high,
+            "low": bar.low,
+            "close": bar.close,
+            "volume": bar.volume,
+            "decided": self._batcher.decided.isoformat() if self._batcher.decided else None,
+        }
+        alert = Alert(
+            self.market_now(),
+            Severity.WARNING,
+            kind,
+            message,
+            owner.name if owner else None,
+            bar.symbol,
+            details,
+        )
+        self._journal.record_alerts([alert])
+        self._log.warning(kind.value, symbol=bar.symbol, bar_ts=bar.ts.isoformat())
+
+    # ---- the broker's side ----------------------------------------------------------------------
+
+    async def _chores(self) -> None:
+        """Between batches: what the broker reported, and a reconciliation when one is due."""
+        self._wake.clear()
+        events = self._broker.events.drain()
+        if events:
+            record = BatchRecord(ts=self.market_now())
+            self._handle_events(events, record)
+            self._journal.record_batch(record)
+        if self._reconcile_why is not None:
+            why, self._reconcile_why = self._reconcile_why, None
+            await self.reconcile(why)
+
+    def request_reconcile(self, why: str, delay: float = 0.0) -> None:
+        """Ask for a reconciliation pass between batches (now, or after `delay` seconds)."""
+
+        def due() -> None:
+            self._reconcile_why = self._reconcile_why or why
+            self._wake.set()
+
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, due)
+        else:
+            due()
+
+    def _handle_events(self, events: Sequence[BrokerEvent], record: BatchRecord) -> None:
+        updates = [e for e in events if isinstance(e, OrderUpdate)]
+        self._apply_updates(updates, record)
+        for event in events:
+            if isinstance(event, BrokerStatus):
+                self._broker_status(event, record)
+
+    def _broker_status(self, event: BrokerStatus, record: BatchRecord) -> None:
+        if not event.connected:
+            self._broker_down = True
+            record.alerts.append(
+                Alert(
+                    event.ts, Severity.WARNING, AlertKind.BROKER_ERROR, f"order stream down: {event.detail}"
+                )
+            )
+            self._log.warning("broker_stream_down", detail=event.detail)
+        elif self._broker_down:
+            # A stream does not replay what happened while it was down: sweep the broker's records.
+            self._broker_down = False
+            self._log.info("broker_stream_back")
+            self.request_reconcile("order stream reconnected")
+
+    def _ours(self, cids: set[str]) -> set[str]:
+        """Which of these client order ids the journal holds."""
+        known = {c for c in cids if c in self._pending}
+        return known | self._journal.known_orders(cids - known) if cids - known else known
+
+    def _apply_updates(self, updates: Sequence[OrderUpdate], record: BatchRecord) -> None:
+        """Record the broker's news: each fill once (by broker fill id) into the one ledger, each status
+        forward; a partial fill leaves the rest of the order open."""
+        fresh: list[OrderUpdate] = []
+        for reported in updates:
+            update, fill = reported, reported.fill
+            if fill is not None and fill.broker_fill_id in self._fill_ids:
+                if update.order is None:
+                    continue  # a fill already recorded, reported again by another path
+                update, fill = replace(update, fill=None), None
+            cid = update.client_order_id
+            pending = self._pending.get(cid)
+            if pending is None and cid not in self._ours({cid}):
+                self._foreign(update, record)
+                continue
+            if fill is not None:
+                self.ledger.apply(fill)
+                self._fill_ids.add(fill.broker_fill_id)
+                self._last_fill_ts = (
+                    fill.ts if self._last_fill_ts is None else max(self._last_fill_ts, fill.ts)
+                )
+                self.stats.fills += 1
+                self._log.info(
+                    "fill",
+                    symbol=fill.symbol,
+                    side=fill.side.value,
+                    qty=str(fill.qty),
+                    price=str(fill.price),
+                    commission=str(fill.commission),
+                    ts=fill.ts.isoformat(),
+                    client_order_id=cid,
+                    broker_fill_id=fill.broker_fill_id,
+                )
+                if pending is not None:
+                    pending = replace(pending, filled_qty=pending.filled_qty + fill.qty)
+                    self._pending[cid] = pending
+            if pending is not None:
+                status = update.order.status if update.order is not None else pending.status
+                if pending.remaining <= 0 or not status.is_open:
+                    del self._pending[cid]
+                    if status is OrderStatus.REJECTED:
+                        record.alerts.append(self._rejected_alert(pending.intent, update.order))
+            fresh.append(update)
+        record.updates.extend(fresh)
+        symbols = sorted({u.fill.symbol for u in fresh if u.fill is not None})
+        record.positions.extend(self.ledger.position(s) for s in symbols)
+
+    def _foreign(self, update: OrderUpdate, record: BatchRecord) -> None:
+        """News of an order paperbot never sent: alerted once; its fills show up as a position mismatch."""
+        cid = update.client_order_id
+        if cid in self._foreign_alerted:
+            return
+        self._foreign_alerted.add(cid)
+        symbol = update.fill.symbol if update.fill is not None else None
+        record.alerts.append(
+            Alert(
+                update.ts,
+                Severity.WARNING,
+                AlertKind.RECONCILIATION,
+                f"the broker reports order {cid}, which paperbot did not send",
+                symbol=symbol,
+                details={"client_order_id": cid},
+            )
+        )
+
+    @staticmethod
+    def _rejected_alert(intent: OrderIntent, order: BrokerOrder | None) -> Alert:
+        reason = order.reason if order is not None and order.reason else "no reason given"
+        return Alert(
+            intent.bar_ts,
+            Severity.WARNING,
+            AlertKind.ORDER_REJECTED,
+            f"{intent.side} {intent.qty} {intent.symbol} rejected: {reason}",
+            intent.strategy,
+            intent.symbol,
+            {"client_order_id": intent.client_order_id},
+        )
+
+    async def reconcile_at_start(self) -> None:
+        """The start-up reconciliation, retried with backoff while the broker cannot answer: nothing is
+        traded before it has finished."""
+        delay = 1.0
+        while not await self.reconcile("start"):
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def reconcile(self, why: str) -> bool:
+        """One reconciliation pass, applied: order states and missed fills recorded, orders that never
+        reached the broker sent (while their bar is fresh) or expired, mismatches alerted and halted on.
+        False when the broker could not answer (a retry is scheduled)."""
+        now = self.market_now()
+        view = BookView(
+            self.ledger.cash,
+            {s: p.qty for s, p in self.ledger.positions().items()},
+            list(self._pending.values()),
+            self._fill_ids,
+            self._fills_since(),
+        )
+        try:
+            result = await self._reconciler.run(view, self._ours, now)
+        except TemporaryError as exc:
+            self._reconcile_backoff = min(max(2 * self._reconcile_backoff, 1.0), _MAX_BACKOFF)
+            self._log.warning("reconcile_failed", why=why, error=str(exc), retry_in=self._reconcile_backoff)
+            self.request_reconcile(why, self._reconcile_backoff)
+            return False
+        self._reconcile_backoff = 0.0
+        record = BatchRecord(ts=now)
+        self._apply_updates(result.updates, record)
+        for fill in result.foreign:
+            self._foreign(OrderUpdate(None, fill.ts, fill), record)
+        self._judge(result.mismatches, now, record)
+        self._journal.record_batch(record)
+        for order in result.missing:
+            await self._send_late(order, now)
+        self._log.info(
+            "reconciled",
+            why=why,
+            updates=len(result.updates),
+            missing=len(result.missing),
+            foreign=len(result.foreign),
+            mismatches=[x.describe() for x in result.mismatches],
+        )
+        if any(o.status is OrderStatus.UNKNOWN for o in self._pending.values()):
+            self.request_reconcile("unknown orders", self._config.reconciliation.settle_seconds or 1.0)
+        return True
+
+    def _fills_since(self) -> datetime | None:
+        """Where to look for executions: the last fill recorded, or the oldest open order's bar."""
+        candidates = [o.intent.bar_ts for o in self._pending.values()]
+        if self._last_fill_ts is not None:
+            candidates.append(self._last_fill_ts)
+        return min(candidates, default=None)
+
+    def _judge(self, mismatches: Sequence[Mismatch], now: datetime, record: BatchRecord) -> None:
+        """Alert and halt on a new set of mismatches (the strategy owning a position, every strategy for
+        cash); lift reconciliation halts once nothing differs. An operator's resume over an unchanged set
+        stands until the set changes."""
+        found = frozenset(x.describe() for x in mismatches)
+        if found == self._mismatches:
+            return
+        self._mismatches = found
+        if found:
+            record.alerts.append(
+                Alert(
+                    now,
+                    Severity.CRITICAL,
+                    AlertKind.RECONCILIATION,
+                    "ledger and broker disagree: " + "; ".join(sorted(found)),
+                    details={"mismatches": sorted(found)},
+                )
+            )
+        owners = {self._owner[x.symbol].name for x in mismatches if x.symbol in self._owner}
+        every = any(x.symbol not in self._owner for x in mismatches)
+        for rt in self._runtimes:
+            problem = None
+            if every or rt.name in owners:
+                problem = "; ".join(
+                    sorted(x.describe() for x in mismatches if x.symbol in (*rt.config.symbols, None))
+                )
+                problem = problem or "; ".join(sorted(found))
+            change = rt.tracker.reconciled(problem, now)
+            if change is not None:
+                self._state_changed(change, record)
+                record.trackers.append(rt.tracker)
+
+    async def _send_late(self, order: OpenOrder, now: datetime) -> None:
+        """An order the broker never received: sent now while its bar is fresh (the client order id makes a
+        repeat harmless at the broker), else expired with the reason."""
+        intent = order.intent
+        rt = self._owner[intent.symbol]
+        limit = rt.config.risk.max_bar_age_seconds or rt.config.bar_interval.total_seconds()
+        age = (now - (intent.bar_ts + rt.config.bar_interval)).total_seconds()
+        if age <= limit:
+            await self._submit(intent)
+            return
+        reason = f"never reached the broker; its bar closed {age:.0f} s ago (limit {limit:.0f} s)"
+        self._pending.pop(intent.client_order_id, None)
+        self._journal.update_order(
+            BrokerOrder(intent.client_order_id, None, OrderStatus.EXPIRED, reason=reason)
+        )
+        self._log.warning("order_expired", client_order_id=intent.client_order_id, reason=reason)
+
     # ---- one batch ------------------------------------------------------------------------------
 
-    async def process_batch(self, bars: Sequence[Bar]) -> None:
+    async def process_batch(self, instant: Instant) -> None:
         """Every stage, for the bars that closed at one instant."""
-        now = bars[0].close_time
+        now = instant.close
         record = BatchRecord(ts=now)
         accepted: list[Bar] = []
-        for bar in bars:
+        for bar in instant.bars:
             rejection = self._guard.check(bar)
             if rejection is None:
                 accepted.append(bar)
@@ -318,9 +614,9 @@ class Engine:
         record.timeframes = {b.symbol: self._owner[b.symbol].config.timeframe for b in accepted}
 
         self._sync_operator()
-        fills = await self._broker.on_bars(accepted)
-        self._apply_fills(fills, record)
-        contexts = self._bar_contexts(accepted, now)
+        self._broker.observe_bars(accepted)
+        self._handle_events(self._broker.events.drain(), record)
+        contexts = self._bar_contexts(accepted, instant.arrived)
         for bar in accepted:
             self.marks[bar.symbol] = stored(to_decimal(bar.close))
         equity = self.equity_point(now).equity
@@ -343,30 +639,19 @@ class Engine:
         self.stats.batches += 1
         self.stats.bars += len(accepted)
 
-    def _apply_fills(self, fills: Sequence[Fill], record: BatchRecord) -> None:
-        for fill in fills:
-            self.ledger.apply(fill)
-            self._pending.pop(fill.client_order_id, None)
-            self._log.info(
-                "fill",
-                strategy=fill.strategy,
-                symbol=fill.symbol,
-                side=fill.side.value,
-                qty=str(fill.qty),
-                price=str(fill.price),
-                commission=str(fill.commission),
-                ts=fill.ts.isoformat(),
-                client_order_id=fill.client_order_id,
-            )
-        self.stats.fills += len(fills)
-        record.fills = list(fills)
-        record.positions = [self.ledger.position(s) for s in sorted({f.symbol for f in fills})]
-
     def _pending_qty(self) -> dict[str, Decimal]:
+        """What open orders still add to each position: only their unfilled rest."""
         pending: dict[str, Decimal] = {}
-        for intent in self._pending.values():
-            pending[intent.symbol] = pending.get(intent.symbol, Decimal(0)) + intent.side.sign * intent.qty
+        for order in self._pending.values():
+            intent = order.intent
+            pending[intent.symbol] = (
+                pending.get(intent.symbol, Decimal(0)) + intent.side.sign * order.remaining
+            )
         return pending
+
+    def _interval_of(self, symbol: str) -> timedelta:
+        rt = self._owner.get(symbol)
+        return rt.config.bar_interval if rt is not None else timedelta(0)
 
     # ---- risk path ------------------------------------------------------------------------------
 
@@ -410,13 +695,14 @@ class Engine:
             "trading_state", strategy=change.scope, state=change.state.value, reason=change.reason
         )
 
-    def _bar_contexts(self, bars: Sequence[Bar], now: datetime) -> dict[str, BarContext]:
-        """What the stale-data and price-band guards compare each bar with (read before marks move)."""
-        clock = self._clock() if self._clock is not None else now
+    def _bar_contexts(self, bars: Sequence[Bar], arrived: datetime) -> dict[str, BarContext]:
+        """What the stale-data and price-band guards compare each bar with (read before marks move). A bar's
+        age is taken when its instant's first bar reached the engine, on the market clock: a replay's bars
+        are never stale, a live bar backfilled after an outage is."""
         contexts = {}
         for bar in bars:
             contexts[bar.symbol] = BarContext(
-                clock,
+                arrived,
                 bar.close_time,
                 bar.timeframe,
                 self._last_ts.get(bar.symbol),
@@ -455,7 +741,7 @@ class Engine:
                 decision.approved_qty,
                 request.bar_ts,
             )
-            self._pending[intent.client_order_id] = intent
+            self._pending[intent.client_order_id] = OpenOrder(intent, OrderStatus.NEW)
             self._orders[rt.name].add(request.bar.now if request.bar else request.bar_ts)
         record.decisions.append(Decision(decision, intent))
         return intent
@@ -611,25 +897,40 @@ class Engine:
         )
 
     async def _submit(self, intent: OrderIntent) -> None:
-        """Send one journaled intent. An error leaves it UNKNOWN (reconciled later), never re-sent blindly."""
+        """Send one journaled intent. An unknown outcome leaves it UNKNOWN until reconciliation, asking the
+        broker by client order id, settles it; it is never re-sent blindly. A broker that cannot take
+        orders now (nothing sent) leaves it NEW, for the reconciliation after the broker is back."""
+        cid = intent.client_order_id
         try:
             order = await self._broker.submit(intent)
+        except BrokerUnavailableError as exc:
+            self._log.warning("order_deferred", client_order_id=cid, reason=str(exc))
+            return
         except BrokerError as exc:
-            order = BrokerOrder(intent.client_order_id, None, OrderStatus.UNKNOWN, reason=str(exc))
+            order = BrokerOrder(cid, None, OrderStatus.UNKNOWN, reason=str(exc))
             self._journal.record_alerts(
                 [
                     Alert(
-                        intent.bar_ts,
+                        self.market_now(),
                         Severity.WARNING,
                         AlertKind.BROKER_ERROR,
-                        f"submit failed, order state unknown: {exc}",
+                        f"submit failed, order state unknown until reconciled: {exc}",
                         intent.strategy,
                         intent.symbol,
+                        {"client_order_id": cid},
                     )
                 ]
             )
-        if order.status is OrderStatus.REJECTED:
-            self._pending.pop(intent.client_order_id, None)
+            self.request_reconcile("unknown order", self._config.reconciliation.settle_seconds or 1.0)
+        pending = self._pending.get(cid)
+        if pending is not None:
+            if order.status is OrderStatus.REJECTED:
+                del self._pending[cid]
+                self._journal.record_alerts([self._rejected_alert(intent, order)])
+            elif pending.status.may_become(order.status):
+                self._pending[cid] = replace(
+                    pending, status=order.status, broker_order_id=order.broker_order_id
+                )
         self._journal.update_order(order)
 
     def equity_point(self, ts: datetime) -> EquityPoint:

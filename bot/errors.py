@@ -44,3 +44,8 @@ class SymbolError(PaperbotError):
 
 class BrokerError(TemporaryError):
     """The broker did not answer in a usable way; the order state is unknown until reconciled."""
+
+
+class BrokerUnavailableError(TemporaryError):
+    """The broker cannot take orders now (its order-update stream is down): nothing was sent, so the order
+    is sent once the broker is back, while its bar is still fresh."""

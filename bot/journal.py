@@ -20,7 +20,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.alerts import Alert
 from bot.bars import Bar
 from bot.ledger import Position
-from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, stored, to_decimal
+from bot.orders import (
+    BrokerOrder,
+    Fill,
+    OpenOrder,
+    OrderIntent,
+    OrderStatus,
+    OrderUpdate,
+    Side,
+    money,
+    stored,
+    to_decimal,
+)
 from bot.risk import (
     RiskDecision,
     SavedState,
@@ -54,12 +65,13 @@ class EquityPoint:
 
 @dataclass
 class BatchRecord:
-    """Everything one batch of bars (one close time) produced, written atomically."""
+    """Everything one batch of bars (one close time) produced, written atomically. Between batches, the
+    same record without bars carries what the broker reported (order updates, fills) and what followed."""
 
     ts: datetime
     bars: list[Bar] = field(default_factory=list)
     timeframes: dict[str, str] = field(default_factory=dict)
-    fills: list[Fill] = field(default_factory=list)
+    updates: list[OrderUpdate] = field(default_factory=list)
     positions: list[Position] = field(default_factory=list)
     predictions: list[tuple[Target, int | None]] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
@@ -86,7 +98,7 @@ class BookState:
 
     starting_cash: Decimal
     fills: list[Fill]
-    open_orders: list[tuple[OrderIntent, OrderStatus]]
+    open_orders: list[OpenOrder]
     last_bars: dict[str, tuple[datetime, Decimal]]
     trading_states: dict[str, SavedState]
     # (strategy, bar_ts) of the orders of the last days, so a restart keeps the day's order count.
@@ -147,7 +159,6 @@ def fill_from_row(row: m.Fill) -> Fill:
     return Fill(
         row.broker_fill_id,
         row.client_order_id,
-        row.strategy,
         row.symbol,
         Side(row.side),
         row.qty,
@@ -246,7 +257,9 @@ class Journal:
                     row.qty,
                     row.bar_ts,
                 )
-                open_orders.append((intent, OrderStatus(row.status)))
+                open_orders.append(
+                    OpenOrder(intent, OrderStatus(row.status), row.filled_qty, row.broker_order_id)
+                )
             last_bars = {
                 r.symbol: (r.last_ts, r.last_close)
                 for r in session.scalars(select(m.MarketState).where(m.MarketState.book_id == self.book_id))
@@ -268,6 +281,20 @@ class Journal:
                 ]
             return BookState(book.starting_cash, fills, open_orders, last_bars, states, recent)
 
+    def known_orders(self, client_order_ids: Iterable[str]) -> set[str]:
+        """Which of these client order ids are orders of this book."""
+        ids = list(client_order_ids)
+        if not ids:
+            return set()
+        with self._sessions() as session:
+            return set(
+                session.scalars(
+                    select(m.Order.client_order_id).where(
+                        m.Order.book_id == self.book_id, m.Order.client_order_id.in_(ids)
+                    )
+                )
+            )
+
     def operator_events(self, after: int) -> list[OperatorEvent]:
         """Operator halts and resumes recorded after event `after` (by `paperbot halt`/`resume`)."""
         with self._sessions() as session:
@@ -287,7 +314,7 @@ class Journal:
     def record_batch(self, batch: BatchRecord) -> None:
         """Write one batch in one transaction."""
         with self._sessions.begin() as session:
-            self._write_fills(session, batch.fills)
+            self._write_updates(session, batch.updates)
             # positions and market_state are caches of the fills and the bars, kept in the same transaction.
             self._upsert(
                 session,
@@ -342,30 +369,59 @@ class Journal:
                 self._write_equity(session, batch.equity, m.SnapshotKind.BAR)
             self._write_trackers(session, batch.trackers)
 
-    def _write_fills(self, session: Session, fills: Sequence[Fill]) -> None:
-        for fill in fills:
-            order = session.scalar(select(m.Order).where(m.Order.client_order_id == fill.client_order_id))
-            if order is None:
-                raise LookupError(f"fill {fill.broker_fill_id} for unknown order {fill.client_order_id}")
-            filled = order.filled_qty + fill.qty
-            avg = ((order.avg_fill_price or Decimal(0)) * order.filled_qty + fill.price * fill.qty) / filled
-            order.filled_qty, order.avg_fill_price = filled, money(avg)
-            order.status = (OrderStatus.FILLED if filled >= order.qty else OrderStatus.PARTIALLY_FILLED).value
-            session.add(
-                m.Fill(
-                    book_id=self.book_id,
-                    order_id=order.id,
-                    client_order_id=fill.client_order_id,
-                    strategy=fill.strategy,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    qty=fill.qty,
-                    price=fill.price,
-                    commission=fill.commission,
-                    ts=fill.ts,
-                    broker_fill_id=fill.broker_fill_id,
+    def _write_updates(self, session: Session, updates: Sequence[OrderUpdate]) -> None:
+        """Each fill a row (the engine passes each broker fill id once), then the order's status."""
+        for update in updates:
+            order = self._order_row(session, update.client_order_id)
+            fill = update.fill
+            if fill is not None:
+                filled = order.filled_qty + fill.qty
+                avg = (
+                    (order.avg_fill_price or Decimal(0)) * order.filled_qty + fill.price * fill.qty
+                ) / filled
+                order.filled_qty, order.avg_fill_price = filled, money(avg)
+                self._move_status(
+                    order, OrderStatus.FILLED if filled >= order.qty else OrderStatus.PARTIALLY_FILLED
                 )
-            )
+                session.add(
+                    m.Fill(
+                        book_id=self.book_id,
+                        order_id=order.id,
+                        client_order_id=fill.client_order_id,
+                        strategy=order.strategy,
+                        symbol=fill.symbol,
+                        side=fill.side.value,
+                        qty=fill.qty,
+                        price=fill.price,
+                        commission=fill.commission,
+                        ts=fill.ts,
+                        broker_fill_id=fill.broker_fill_id,
+                    )
+                )
+            if update.order is not None:
+                self._apply_order(order, update.order)
+
+    @staticmethod
+    def _order_row(session: Session, client_order_id: str) -> m.Order:
+        row = session.scalar(select(m.Order).where(m.Order.client_order_id == client_order_id))
+        if row is None:
+            raise LookupError(f"no journaled order {client_order_id}")
+        return row
+
+    @staticmethod
+    def _move_status(row: m.Order, status: OrderStatus) -> None:
+        # Updates arrive out of order (a fill event before the submit's answer): never move backwards.
+        if OrderStatus(row.status).may_become(status):
+            row.status = status.value
+
+    def _apply_order(self, row: m.Order, order: BrokerOrder) -> None:
+        """The broker's view of the order: status (forward only), its id, and why it ended."""
+        # A FILLED from the broker before its last fill is recorded would overstate the row: the fills
+        # move it to FILLED themselves.
+        if order.status is not OrderStatus.FILLED or row.filled_qty >= row.qty:
+            self._move_status(row, order.status)
+        row.broker_order_id = order.broker_order_id or row.broker_order_id
+        row.reason = order.reason or row.reason
 
     def _write_decision(self, session: Session, item: Decision) -> None:
         d = item.decision
@@ -445,13 +501,6 @@ class Journal:
             self._write_equity(session, point, kind)
 
     def update_order(self, order: BrokerOrder) -> None:
-        """The broker's answer to a submission or a reconciliation query."""
+        """The broker's answer to a submission, or a status settled by reconciliation."""
         with self._sessions.begin() as session:
-            row = session.scalar(select(m.Order).where(m.Order.client_order_id == order.client_order_id))
-            if row is None:
-                raise LookupError(f"no journaled order {order.client_order_id}")
-            # A fill recorded in the batch already moved the row further than the submit answer.
-            if row.status not in (OrderStatus.FILLED.value, OrderStatus.PARTIALLY_FILLED.value):
-                row.status = order.status.value
-            row.broker_order_id = order.broker_order_id or row.broker_order_id
-            row.reason = order.reason or row.reason
+            self._apply_order(self._order_row(session, order.client_order_id), order)

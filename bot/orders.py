@@ -45,30 +45,31 @@ class Side(StrEnum):
 
 
 class OrderStatus(StrEnum):
-    """Lifecycle of an order. UNKNOWN means the broker did not answer: reconciliation settles it."""
+    """Lifecycle of an order, in the brokers' own words, plus UNKNOWN: the broker's answer was lost (a
+    timeout, a 5xx), and only reconciliation, which asks the broker by client order id, settles it."""
 
-    NEW = "new"  # journaled, not yet sent
-    SUBMITTED = "submitted"
-    ACCEPTED = "accepted"
+    NEW = "new"  # journaled; being sent, or working at the broker
     PARTIALLY_FILLED = "partially_filled"
     FILLED = "filled"
-    CANCELLED = "cancelled"
+    CANCELED = "canceled"
     REJECTED = "rejected"
+    EXPIRED = "expired"
     UNKNOWN = "unknown"
 
     @property
     def is_open(self) -> bool:
         """Still able to fill."""
-        return self in _OPEN
+        return self not in _TERMINAL
+
+    def may_become(self, other: OrderStatus) -> bool:
+        """Whether an update may move an order from this status to `other`: an order never leaves a final
+        status, and a partial fill never goes back to new (updates can arrive out of order)."""
+        if self in _TERMINAL:
+            return False
+        return not (self is OrderStatus.PARTIALLY_FILLED and other in (OrderStatus.NEW, OrderStatus.UNKNOWN))
 
 
-_OPEN = {
-    OrderStatus.NEW,
-    OrderStatus.SUBMITTED,
-    OrderStatus.ACCEPTED,
-    OrderStatus.PARTIALLY_FILLED,
-    OrderStatus.UNKNOWN,
-}
+_TERMINAL = {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
 
 
 def client_order_id(book: str, strategy: str, symbol: str, bar_ts: datetime, sequence: int = 0) -> str:
@@ -94,8 +95,23 @@ class OrderIntent:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order the journal holds as still able to fill: its intent and how far it got."""
+
+    intent: OrderIntent
+    status: OrderStatus
+    filled_qty: Decimal = Decimal(0)
+    broker_order_id: str | None = None
+
+    @property
+    def remaining(self) -> Decimal:
+        """Quantity still to fill."""
+        return self.intent.qty - self.filled_qty
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerOrder:
-    """The broker's view of an order."""
+    """The broker's view of an order; `filled_qty` is cumulative."""
 
     client_order_id: str
     broker_order_id: str | None
@@ -107,11 +123,12 @@ class BrokerOrder:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """One execution. Cash moves by -sign*qty*price - commission."""
+    """One execution, as the broker reports it. Its id is unique at the broker, so whichever path reports
+    it (the event stream, a poll, reconciliation), it is recorded once. Cash moves by
+    -sign*qty*price - commission."""
 
     broker_fill_id: str
     client_order_id: str
-    strategy: str
     symbol: str
     side: Side
     qty: Decimal
@@ -128,3 +145,21 @@ class Fill:
     def signed_qty(self) -> Decimal:
         """Position change: positive for buys."""
         return self.side.sign * self.qty
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """What a broker says happened to one order: its state now and, when it filled, the execution. A fill
+    found by a query of executions comes without the order's state, which then follows from its fills."""
+
+    order: BrokerOrder | None
+    ts: datetime
+    fill: Fill | None = None
+
+    @property
+    def client_order_id(self) -> str:
+        """The order this update is about."""
+        if self.order is not None:
+            return self.order.client_order_id
+        assert self.fill is not None, "an update carries an order, a fill, or both"
+        return self.fill.client_order_id

@@ -1,4 +1,5 @@
-"""Periodic work on APScheduler's AsyncIOScheduler: equity snapshots and the systemd watchdog ping.
+"""Periodic work on APScheduler's AsyncIOScheduler: equity snapshots, reconciliation with the broker and
+the systemd watchdog ping.
 Jobs are short coroutines on the loop; anything heavy belongs in an executor."""
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ class SchedulerConfig:
     """Intervals of the periodic jobs; a watchdog of None means systemd did not ask for one."""
 
     equity_snapshot_seconds: float
+    reconcile_seconds: float
     watchdog_seconds: float | None = None
 
 
 def build_scheduler(
     config: SchedulerConfig,
     snapshot: Callable[[], Awaitable[None]],
+    reconcile: Callable[[], Awaitable[None]],
     watchdog: Callable[[], Awaitable[None]],
 ) -> AsyncIOScheduler:
     """A scheduler with the daemon's jobs; start it inside the running loop."""
@@ -37,6 +40,10 @@ def build_scheduler(
         IntervalTrigger(seconds=config.equity_snapshot_seconds),
         id="equity_snapshot",
         replace_existing=True,
+    )
+    # The job only asks: the engine reconciles between batches, so a pass never races a batch's fills.
+    scheduler.add_job(
+        reconcile, IntervalTrigger(seconds=config.reconcile_seconds), id="reconcile", replace_existing=True
     )
     if config.watchdog_seconds:
         scheduler.add_job(

@@ -5,7 +5,8 @@ Database fixtures run each test on SQLite and, when PAPERBOT_TEST_POSTGRES_URL i
 - `db_engine`: an Engine on `db_url` already migrated to the latest revision;
 - `db_session`: a Session on `db_engine`, closed afterwards.
 
-`one_torch_thread` runs a module's torch work on one thread, as the daemon does.
+`one_torch_thread` runs a module's torch work on one thread, as the daemon does; `crypto_model` is a small
+LSTM trained once per session (`paperbot train`) on the two crypto pairs of tests/data.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_crypto_project
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from bot.cli import main
 from bot.store.db import make_engine, session_factory, upgrade
 
 POSTGRES_URL_ENV = "PAPERBOT_TEST_POSTGRES_URL"
@@ -87,3 +90,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def crypto_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train once (`paperbot train`) on the crypto bars before the replay start; the model folder."""
+    root = tmp_path_factory.mktemp("model")
+    model_dir = root / "models" / "lstm-crypto"
+    config = write_crypto_project(root, f"sqlite:///{root / 'unused.sqlite'}", model_dir)
+    assert main(["-c", str(config), "train"]) == 0
+    assert (model_dir / "0001" / "model.pt").is_file()
+    return model_dir

@@ -133,6 +133,12 @@ def test_reports_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["-c", str(config), "status"]) == 0
     assert "trading state   ACTIVE" in capsys.readouterr().out
 
+    # The reports read the database only: the replay's files are checked when a feed is built, not here.
+    moved = _config(tmp_path, config.read_text().replace("equities-1h", "equities-gone"))
+    assert main(["-c", str(moved), "status"]) == 0
+    assert main(["-c", str(moved), "backtest"]) == 2
+    assert "config error at feed.data_dir: folder" in capsys.readouterr().err
+
 
 def _paperbot(config: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(

@@ -11,14 +11,15 @@ import pytest
 
 from bot.bars import Bar
 from bot.brokers.base import Account
-from bot.brokers.sim import SimBroker
-from bot.config import SimBrokerConfig
+from bot.brokers.sim import SimBroker, SimBrokerConfig
 from bot.ledger import Ledger, Position
 from bot.orders import (
     BrokerOrder,
     Fill,
+    OpenOrder,
     OrderIntent,
     OrderStatus,
+    OrderUpdate,
     Side,
     client_order_id,
     money,
@@ -37,7 +38,6 @@ def fill(side: Side, qty: str, price: str, commission: str, *, symbol: str = "AA
     return Fill(
         broker_fill_id=f"f{n}",
         client_order_id=f"c{n}",
-        strategy="s",
         symbol=symbol,
         side=side,
         qty=D(qty),
@@ -187,7 +187,14 @@ def submit(broker: SimBroker, order: OrderIntent) -> BrokerOrder:
 
 
 def step(broker: SimBroker, *bars: Bar) -> list[Fill]:
-    return asyncio.run(broker.on_bars(bars))
+    """Hand the broker bars; the fills it reports as events (each with the order's final state)."""
+    broker.observe_bars(bars)
+    fills = []
+    for event in broker.events.drain():
+        assert isinstance(event, OrderUpdate) and event.fill is not None and event.order is not None
+        assert event.order.status is OrderStatus.FILLED and event.ts == event.fill.ts
+        fills.append(event.fill)
+    return fills
 
 
 def account(broker: SimBroker) -> Account:
@@ -207,13 +214,11 @@ def test_order_never_fills_on_its_own_bar_or_earlier() -> None:
     broker = SimBroker(CONFIG)
     order = intent(Side.BUY, "10", bar_ts=T0)
     accepted = submit(broker, order)
-    assert accepted == BrokerOrder(
-        order.client_order_id, "sim-" + order.client_order_id, OrderStatus.ACCEPTED
-    )
+    assert accepted == BrokerOrder(order.client_order_id, "sim-" + order.client_order_id, OrderStatus.NEW)
     assert step(broker, ohlc(T0 - HOUR, 90.0)) == []
     assert step(broker, ohlc(T0, 95.0)) == []  # the decision bar itself: its open is already history
     assert step(broker, ohlc(T0 + HOUR, 99.0, symbol="MSFT")) == []  # another symbol's bar
-    assert status(broker, order.client_order_id) is OrderStatus.ACCEPTED
+    assert status(broker, order.client_order_id) is OrderStatus.NEW
     assert account(broker) == Account(D(100_000), {})
 
     fills = step(broker, ohlc(T0 + HOUR, 100.25, symbol="MSFT"), ohlc(T0 + HOUR, 100.25))
@@ -231,7 +236,6 @@ def test_buy_fills_at_next_open_plus_slippage_with_commission() -> None:
     assert f == Fill(
         broker_fill_id="simfill-" + order.client_order_id,
         client_order_id=order.client_order_id,
-        strategy="s",
         symbol="AAPL",
         side=Side.BUY,
         qty=D(10),
@@ -317,11 +321,11 @@ def test_cancel_before_fill_prevents_the_fill() -> None:
     submit(broker, order)
     cancelled = asyncio.run(broker.cancel(order.client_order_id))
     assert cancelled == BrokerOrder(
-        order.client_order_id, "sim-" + order.client_order_id, OrderStatus.CANCELLED
+        order.client_order_id, "sim-" + order.client_order_id, OrderStatus.CANCELED
     )
     assert step(broker, ohlc(T0 + HOUR, 100.0)) == []
-    assert status(broker, order.client_order_id) is OrderStatus.CANCELLED
-    assert submit(broker, order).status is OrderStatus.CANCELLED  # a retry does not revive it
+    assert status(broker, order.client_order_id) is OrderStatus.CANCELED
+    assert submit(broker, order).status is OrderStatus.CANCELED  # a retry does not revive it
     assert step(broker, ohlc(T0 + 2 * HOUR, 100.0)) == []
     assert account(broker) == Account(D(100_000), {})
 
@@ -348,28 +352,37 @@ def test_fills_since_is_inclusive() -> None:
     assert asyncio.run(broker.fills_since(T0 + 3 * HOUR)) == []
 
 
-def _session(broker: SimBroker) -> tuple[list[Fill], OrderIntent]:
-    """Two fills, then one order still open: where a restart would find the journal."""
+def _session(broker: SimBroker) -> tuple[list[Fill], OpenOrder, OpenOrder]:
+    """Two fills, then one order still open and one never sent: where a restart finds the journal."""
     submit(broker, intent(Side.BUY, "10", bar_ts=T0))
     submit(broker, intent(Side.SELL, "5", bar_ts=T0, symbol="MSFT"))
     step(broker, ohlc(T0 + HOUR, 100.25), ohlc(T0 + HOUR, 50.5, symbol="MSFT"))
     still_open = intent(Side.SELL, "4", bar_ts=T0 + HOUR)
-    submit(broker, still_open)
-    return all_fills(broker), still_open
+    accepted = submit(broker, still_open)
+    unsent = intent(Side.BUY, "1", bar_ts=T0 + HOUR, symbol="MSFT")
+    return (
+        all_fills(broker),
+        OpenOrder(still_open, OrderStatus.NEW, D(0), accepted.broker_order_id),
+        OpenOrder(unsent, OrderStatus.NEW),
+    )
 
 
 def test_restore_rebuilds_the_account_and_fills_the_open_order_next_bar() -> None:
     original = SimBroker(CONFIG)
-    fills, open_order = _session(original)
+    fills, still_open, unsent = _session(original)
+    open_order = still_open.intent
     assert len(fills) == 2
 
     restored = SimBroker(CONFIG)
-    restored.restore(fills, [open_order])
+    restored.restore(fills, [still_open, unsent])
     assert account(restored) == account(original)
     assert account(restored).positions == {"AAPL": D(10), "MSFT": D(-5)}
     assert all_fills(restored) == fills
-    assert status(restored, open_order.client_order_id) is OrderStatus.ACCEPTED
-    assert submit(restored, open_order).status is OrderStatus.ACCEPTED  # a replay does not double it
+    assert status(restored, open_order.client_order_id) is OrderStatus.NEW
+    # The journal's order that never got a broker id never arrived here: reconciliation sends it.
+    assert status(restored, unsent.intent.client_order_id) is None
+    assert [o.client_order_id for o in asyncio.run(restored.open_orders())] == [open_order.client_order_id]
+    assert submit(restored, open_order).status is OrderStatus.NEW  # a replay does not double it
 
     next_bars: Sequence[Bar] = (ohlc(T0 + 2 * HOUR, 101.37), ohlc(T0 + 2 * HOUR, 51.0, symbol="MSFT"))
     expected = step(original, *next_bars)

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from test_risk import BASE_RISK, T0, decide, order, settings_, target, view
 
 from bot.bars import Bar
-from bot.brokers import SimBroker
-from bot.config import SimBrokerConfig, SizingSettings, parse_config
+from bot.brokers.sim import SimBroker, SimBrokerConfig
+from bot.config import SizingSettings, parse_config
 from bot.errors import ConfigError
 from bot.ledger import Ledger
-from bot.orders import OrderIntent, Side, client_order_id
+from bot.orders import OrderIntent, OrderUpdate, Side, client_order_id
 from bot.risk import (
     BarContext,
     OrderCounter,
@@ -226,7 +226,7 @@ def test_min_order_and_per_symbol_lots() -> None:
 
 
 def test_market_rules_sit_between_the_symbol_table_and_the_globals() -> None:
-    from bot.config import SymbolRules
+    from bot.settings import SymbolRules
 
     engine = RiskEngine(
         settings_(symbols={"AAPL": {"min_qty": 1}}), {"AAPL": SymbolRules(lot_size=D(5), min_qty=D(20))}
@@ -423,9 +423,11 @@ def _simulate(episode: dict[str, Any]) -> None:
                     1000.0,
                 )
             )
-        for fill in asyncio.run(broker.on_bars(bars)):
-            ledger.apply(fill)
-            pending.pop(fill.client_order_id)
+        broker.observe_bars(bars)
+        for event in broker.events.drain():
+            assert isinstance(event, OrderUpdate) and event.fill is not None
+            ledger.apply(event.fill)
+            pending.pop(event.fill.client_order_id)
         for bar in bars:
             marks[bar.symbol] = D(repr(bar.close))
             sizer.observe_bar(bar.symbol, bar.open, bar.close)

@@ -26,15 +26,6 @@ from bot.store import models as m
 from bot.store.db import make_engine, session_factory, upgrade
 
 
-@pytest.fixture(scope="module")
-def crypto_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    model_dir = root / "models" / "lstm-crypto"
-    config = write_crypto_project(root, f"sqlite:///{root / 'unused.sqlite'}", model_dir)
-    assert main(["-c", str(config), "train"]) == 0
-    return model_dir
-
-
 def _paperbot(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", "-c", str(config), *args],

@@ -20,7 +20,10 @@ class AlertKind(StrEnum):
     """What happened. Stable codes: scripts filter on them."""
 
     BAR_REJECTED = "bar_rejected"
+    LATE_BAR = "late_bar"
+    BAR_REVISED = "bar_revised"
     FEED_PROBLEM = "feed_problem"
+    CLOCK_SKEW = "clock_skew"
     OUTLIER_BAR = "outlier_bar"
     DRIFT = "drift"
     TRADING_STATE = "trading_state"

@@ -1,6 +1,23 @@
-"""Brokers: where orders go (the simulated broker now; alpaca and ccxt adapters later)."""
+"""Brokers: where orders go. `[broker] kind` picks one through `bot.brokers.registry`."""
 
-from bot.brokers.base import Account, Broker
-from bot.brokers.sim import SimBroker
+from bot.brokers.base import (
+    Account,
+    Broker,
+    BrokerContext,
+    BrokerEvent,
+    BrokerEvents,
+    BrokerSettings,
+    BrokerStatus,
+)
+from bot.brokers.registry import BrokerConfig
 
-__all__ = ["Account", "Broker", "SimBroker"]
+__all__ = [
+    "Account",
+    "Broker",
+    "BrokerConfig",
+    "BrokerContext",
+    "BrokerEvent",
+    "BrokerEvents",
+    "BrokerSettings",
+    "BrokerStatus",
+]

@@ -3,42 +3,85 @@ commission, so a decision made at a bar's close never trades at a price it alrea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from bot.bars import Bar
-from bot.brokers.base import Account
-from bot.config import SimBrokerConfig, SymbolRules
+from bot.brokers.base import Account, BrokerContext, BrokerEvents, BrokerSettings
 from bot.ledger import Ledger
-from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, Side, money, to_decimal
+from bot.orders import (
+    BrokerOrder,
+    Fill,
+    OpenOrder,
+    OrderIntent,
+    OrderStatus,
+    OrderUpdate,
+    Side,
+    money,
+    to_decimal,
+)
+from bot.settings import SymbolRules
 
 _BPS = Decimal(10_000)
+Bps = Annotated[Decimal, Field(ge=0, le=1000)]
+
+
+class SimBrokerConfig(BrokerSettings):
+    """[broker] kind = "sim": fills market orders at the next bar's open plus slippage and commission."""
+
+    kind: Literal["sim"] = "sim"
+    starting_cash: Annotated[Decimal, Field(gt=0, le=Decimal("1e12"))] = Decimal(100_000)
+    commission_bps: Bps = Decimal(1)
+    slippage_bps: Bps = Decimal(2)
+
+    def build(self, context: BrokerContext) -> SimBroker:
+        """A simulator with this section's costs."""
+        return SimBroker(self)
+
+    def initial_cash(self) -> Decimal | None:
+        """The configured starting cash."""
+        return self.starting_cash
 
 
 class SimBroker:
     """In-process broker. Its state is rebuilt from the journal on start (`restore`), so a restart fills
-    the same orders at the same prices as a run that never stopped."""
+    the same orders at the same prices as a run that never stopped. Fills are events, as at a venue."""
 
     def __init__(self, config: SimBrokerConfig) -> None:
         self._config = config
         self._ledger = Ledger(config.starting_cash)
-        self._open: dict[str, OrderIntent] = {}
+        self._open: dict[str, OpenOrder] = {}
         self._orders: dict[str, BrokerOrder] = {}
         self._fills: list[Fill] = []
+        self._events = BrokerEvents()
 
-    def restore(self, fills: Iterable[Fill], open_orders: Iterable[OrderIntent]) -> None:
-        """Load the executions and still-open orders recorded before a restart."""
+    @property
+    def events(self) -> BrokerEvents:
+        """Fills, as they happen in `observe_bars`."""
+        return self._events
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    def restore(self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder]) -> None:
+        """Load the executions and the orders this simulator had accepted before a restart."""
         for fill in fills:
             self._ledger.apply(fill)
             self._fills.append(fill)
-        for intent in open_orders:
-            self._open[intent.client_order_id] = intent
-            self._orders[intent.client_order_id] = self._accepted(intent)
+        for order in open_orders:
+            if order.broker_order_id is None:  # never acknowledged: it did not arrive here
+                continue
+            cid = order.intent.client_order_id
+            self._open[cid] = order
+            self._orders[cid] = self._accepted(order.intent)
 
     @staticmethod
     def _accepted(intent: OrderIntent) -> BrokerOrder:
-        return BrokerOrder(intent.client_order_id, "sim-" + intent.client_order_id, OrderStatus.ACCEPTED)
+        return BrokerOrder(intent.client_order_id, "sim-" + intent.client_order_id, OrderStatus.NEW)
 
     async def submit(self, intent: OrderIntent) -> BrokerOrder:
         """Accept a market order for the next bar, or reject it if it is malformed or a repeat."""
@@ -49,7 +92,9 @@ class SimBroker:
             order = BrokerOrder(intent.client_order_id, None, OrderStatus.REJECTED, reason="qty must be > 0")
         else:
             order = self._accepted(intent)
-            self._open[intent.client_order_id] = intent
+            self._open[intent.client_order_id] = OpenOrder(
+                intent, OrderStatus.NEW, Decimal(0), order.broker_order_id
+            )
         self._orders[intent.client_order_id] = order
         return order
 
@@ -59,13 +104,17 @@ class SimBroker:
         if order is None:
             return BrokerOrder(client_order_id, None, OrderStatus.REJECTED, reason="unknown order")
         if self._open.pop(client_order_id, None) is not None:
-            order = BrokerOrder(client_order_id, order.broker_order_id, OrderStatus.CANCELLED)
+            order = BrokerOrder(client_order_id, order.broker_order_id, OrderStatus.CANCELED)
             self._orders[client_order_id] = order
         return order
 
     async def order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """The order as this venue knows it."""
         return self._orders.get(client_order_id)
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        """Orders waiting for their next bar."""
+        return [self._orders[cid] for cid in self._open]
 
     async def positions(self) -> dict[str, Decimal]:
         """Signed quantities of open positions."""
@@ -88,34 +137,34 @@ class SimBroker:
         """Commission on the notional of a fill."""
         return money(qty * price * self._config.commission_bps / _BPS)
 
-    async def on_bars(self, bars: Sequence[Bar]) -> list[Fill]:
-        """Fill every open order of these symbols that was placed before the bar opened."""
+    def observe_bars(self, bars: Sequence[Bar]) -> None:
+        """Fill every open order of these symbols that was placed before the bar opened, as events."""
         by_symbol = {bar.symbol: bar for bar in bars}
-        fills: list[Fill] = []
-        for cid, intent in list(self._open.items()):
+        for cid, order in list(self._open.items()):
+            intent = order.intent
             bar = by_symbol.get(intent.symbol)
             if bar is None or bar.ts <= intent.bar_ts:
                 continue
             price = self.fill_price(intent.side, bar.open)
+            qty = order.remaining
             fill = Fill(
                 broker_fill_id="simfill-" + cid,
                 client_order_id=cid,
-                strategy=intent.strategy,
                 symbol=intent.symbol,
                 side=intent.side,
-                qty=intent.qty,
+                qty=qty,
                 price=price,
-                commission=self.commission(intent.qty, price),
+                commission=self.commission(qty, price),
                 ts=bar.ts,
             )
             del self._open[cid]
-            self._orders[cid] = BrokerOrder(
+            filled = BrokerOrder(
                 cid, "sim-" + cid, OrderStatus.FILLED, filled_qty=intent.qty, avg_fill_price=price
             )
+            self._orders[cid] = filled
             self._ledger.apply(fill)
             self._fills.append(fill)
-            fills.append(fill)
-        return fills
+            self._events.put(OrderUpdate(filled, bar.ts, fill))
 
     def market_rules(self, symbol: str) -> SymbolRules | None:
         """The simulator has no venue rules: the config's apply."""

@@ -26,7 +26,8 @@ async def run_evaluation(
 ) -> tuple[Evaluation, Path]:
     """Evaluate on [start, end) (default: the replay span, which the deployed model never saw)."""
     strategy = config.strategy(strategy_name)
-    start = start or config.feed.start
+    span_start, span_end = config.feed.span()
+    start = start or span_start
     if start is None:
         raise ConfigError("feed.start", "evaluate needs a held-out span: set [feed] start or pass --start")
     folder = config_path.resolve().parent / "var" / "evaluations"
@@ -39,7 +40,7 @@ async def run_evaluation(
         strategy,
         database,
         start=start,
-        end=end or config.feed.end,
+        end=end or span_end,
         settings=settings,
         progress=lambda event, fields: log.info(event, **fields),
     )

@@ -21,10 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.bars import Bar
-from bot.brokers import SimBroker
+from bot.brokers import BrokerContext
 from bot.config import AppConfig, StrategyConfig
 from bot.daemon import make_runtime
 from bot.engine import Engine
+from bot.errors import ConfigError
 from bot.evaluation.baselines import (
     ConstantForecaster,
     Fold,
@@ -40,13 +41,12 @@ from bot.evaluation.metrics import (
     periods_per_year,
     sharpe_ratio,
 )
-from bot.feeds import ReplayFeed
 from bot.journal import Journal
 from bot.model.forecaster import Forecaster, model_forecaster
 from bot.model.registry import LoadedModel
 from bot.model.train_command import strategy_bars
 from bot.model.training import build_samples, train_model
-from bot.orders import Side
+from bot.orders import to_decimal
 from bot.store import models as m
 from bot.store.db import make_engine, session_factory, upgrade
 
@@ -143,22 +143,23 @@ async def _trade(
     end: datetime | None,
 ) -> int:
     """Replay [start, end) through the engine with this forecaster, into its own book."""
-    journal = Journal(
-        sessions, Journal.open_book(sessions, book, m.BookKind.BACKTEST.value, config.broker.starting_cash)
-    )
+    starting_cash = config.broker.initial_cash()
+    if starting_cash is None:
+        raise ConfigError("broker.kind", 'evaluate trades in the simulated broker: set [broker] kind = "sim"')
+    journal = Journal(sessions, Journal.open_book(sessions, book, m.BookKind.BACKTEST.value, starting_cash))
     journal.start_run("evaluate", "")
-    feed = ReplayFeed(
-        config.feed.data_dir, dict.fromkeys(strategy.symbols, strategy.bar_interval), start=start, end=end
-    )
+    one = config.model_copy(update={"strategies": [strategy]})
+    feed = one.feed.build(one.feed_context(backtest=True, start=start, end=end))
+    broker = one.broker.build(BrokerContext(strategy.symbols, backtest=True))
     engine = Engine(
         feed,
-        SimBroker(config.broker),
+        broker,
         journal,
         [make_runtime(strategy, forecaster, target_scale)],
         book=book,
-        starting_cash=config.broker.starting_cash,
+        starting_cash=starting_cash,
     )
-    await engine.warm_up(dict.fromkeys(strategy.symbols, start))
+    await engine.warm_up({}, start)
     stats = await engine.run()
     journal.finish_run(m.RunStatus.COMPLETED, stats.bars)
     return journal.book_id
@@ -176,7 +177,7 @@ def _realized(bars: Mapping[str, list[Bar]]) -> dict[tuple[str, datetime], float
 def _read_book(
     sessions: sessionmaker[Session],
     book_id: int,
-    slippage_bps: Decimal,
+    opens: Mapping[tuple[str, datetime], float],
     realized: Mapping[tuple[str, datetime], float],
 ) -> BookResult:
     with sessions() as session:
@@ -191,12 +192,9 @@ def _read_book(
                 m.Prediction.book_id == book_id, m.Prediction.horizon == 1
             )
         ).all()
-    slip = slippage_bps / Decimal(10_000)
     notional = sum((f.qty * f.price for f in fills), Decimal(0))
-    # The fill price already holds the slippage: what the open would have cost is price / (1 +- slip).
-    slipped = sum(
-        (f.qty * abs(f.price - f.price / (1 + Side(f.side).sign * slip)) for f in fills), Decimal(0)
-    )
+    # A market order fills at its bar's open, moved against it: the slippage is the distance from the open.
+    slipped = sum((f.qty * abs(f.price - to_decimal(opens[(f.symbol, f.ts)])) for f in fills), Decimal(0))
     costs = sum((f.commission for f in fills), Decimal(0)) + slipped
     times = [t for t, _ in snaps]
     equity = np.array([float(e) for _, e in snaps])
@@ -240,6 +238,7 @@ async def evaluate(
         sessions = session_factory(db)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         realized = _realized(bars)
+        opens = {(b.symbol, b.ts): b.open for series in bars.values() for b in series}
         results: dict[str, BookResult] = {}
         for name, forecaster in forecasters.items():
             progress("trading", {"forecaster": name})
@@ -253,7 +252,7 @@ async def evaluate(
                 start=start,
                 end=end,
             )
-            results[name] = _read_book(sessions, book, config.broker.slippage_bps, realized)
+            results[name] = _read_book(sessions, book, opens, realized)
     finally:
         db.dispose()
     report = _report(results, strategy, start=start, stop=stop, settings=settings, database=database)

@@ -7,13 +7,74 @@ import bisect
 import csv
 import heapq
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, Literal
 
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from bot.alerts import Alert, AlertKind, Severity
 from bot.bars import Bar, utc
-from bot.feeds.base import FeedProblem
+from bot.clock import MarketClock
+from bot.errors import ConfigError
+from bot.feeds.base import FeedContext, FeedItem, FeedProblem, FeedSettings
+from bot.settings import resolve_path
 
 CSV_HEADER = ["timestamp", "open", "high", "low", "close", "volume"]
+
+
+class ReplayFeedConfig(FeedSettings):
+    """[feed] kind = "replay": bars from `{data_dir}/{SYMBOL}.csv`."""
+
+    kind: Literal["replay"] = "replay"
+    data_dir: Path
+    speed: Annotated[float, Field(ge=0)] = 0.0
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return resolve_path(value, info)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value)
+
+    @model_validator(mode="after")
+    def _span(self) -> ReplayFeedConfig:
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+    def span(self) -> tuple[datetime | None, datetime | None]:
+        """The configured replay span."""
+        return self.start, self.end
+
+    def csv_path(self, symbol: str, key: str = "feed.data_dir") -> Path:
+        """The data file of `symbol`; ConfigError naming `key` when the folder or the file is missing."""
+        if not self.data_dir.is_dir():
+            raise ConfigError("feed.data_dir", f"folder {self.data_dir} does not exist")
+        path = self.data_dir / f"{symbol}.csv"
+        if not path.is_file():
+            raise ConfigError(key, f"no data file {path} for {symbol}")
+        return path
+
+    def stored_bars(self, symbol: str, timeframe: timedelta) -> tuple[list[Bar], list[FeedProblem]]:
+        """Every row of the symbol's file."""
+        return load_csv(self.csv_path(symbol), symbol, timeframe)
+
+    def build(self, context: FeedContext) -> ReplayFeed:
+        """A replay of the configured files; a backtest replays as fast as it can."""
+        files = {s: self.csv_path(s, context.keys.get(s, "feed.data_dir")) for s in context.symbols}
+        return ReplayFeed(
+            files,
+            context.symbols,
+            speed=0.0 if context.backtest else self.speed,
+            start=context.start or self.start,
+            end=context.end or self.end,
+        )
 
 
 def _number(text: str) -> float:
@@ -48,11 +109,11 @@ def load_csv(path: Path, symbol: str, timeframe: timedelta) -> tuple[list[Bar], 
 
 
 class ReplayFeed:
-    """Streams `{data_dir}/{SYMBOL}.csv` merged in time order, within [start, end)."""
+    """Streams the given files merged in time order, within [start, end)."""
 
     def __init__(
         self,
-        data_dir: Path,
+        files: Mapping[str, Path],
         symbols: Mapping[str, timedelta],
         *,
         speed: float = 0.0,
@@ -67,19 +128,22 @@ class ReplayFeed:
         self._problems: list[FeedProblem] = []
         self._resume: dict[str, datetime] = {}
         for symbol, timeframe in symbols.items():
-            bars, problems = load_csv(Path(data_dir) / f"{symbol}.csv", symbol, timeframe)
+            bars, problems = load_csv(files[symbol], symbol, timeframe)
             self._bars[symbol] = bars
             self._times[symbol] = [bar.ts for bar in bars]
             self._problems.extend(problems)
 
+    @property
+    def clock(self) -> MarketClock | None:
+        """None: a replay's market time is the time of its bars."""
+        return None
+
+    async def start(self) -> None:
+        """The files were read when the feed was built."""
+
     def resume_from(self, last_seen: Mapping[str, datetime]) -> None:
         """Skip bars at or before these per-symbol open times."""
         self._resume = dict(last_seen)
-
-    def drain_problems(self) -> list[FeedProblem]:
-        """Rows that could not become bars, reported once."""
-        problems, self._problems = self._problems, []
-        return problems
 
     def _first_index(self, symbol: str) -> int:
         times = self._times[symbol]
@@ -97,8 +161,13 @@ class ReplayFeed:
         # Close-time order; within one instant, the configured symbol order (deterministic batches).
         return list(heapq.merge(*(span(s) for s in self._bars), key=lambda b: b.close_time))
 
-    async def stream(self) -> AsyncIterator[Bar]:
-        """Yield bars; between instants sleep (gap / speed), or just yield control when speed is 0."""
+    async def stream(self) -> AsyncIterator[FeedItem]:
+        """The rows that could not become bars (once), then the bars; between instants sleep (gap / speed),
+        or just yield control when speed is 0."""
+        problems, self._problems = self._problems, []
+        now = datetime.now(UTC)  # a file's problem has no market time: it is found when the file is read
+        for p in problems:
+            yield Alert(now, Severity.WARNING, AlertKind.FEED_PROBLEM, p.message, symbol=p.symbol)
         previous: datetime | None = None
         for bar in self._ordered():
             if bar.close_time != previous:
@@ -113,11 +182,6 @@ class ReplayFeed:
         """Bars with start <= ts < end, oldest first."""
         times = self._times[symbol]
         return self._bars[symbol][bisect.bisect_left(times, start) : bisect.bisect_left(times, end)]
-
-    @property
-    def symbols(self) -> list[str]:
-        """The symbols this feed replays."""
-        return list(self._bars)
 
     async def close(self) -> None:
         """Nothing to release for files."""

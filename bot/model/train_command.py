@@ -8,7 +8,6 @@ from typing import Any
 
 from bot.bars import Bar, BarGuard
 from bot.config import AppConfig, StrategyConfig
-from bot.feeds import load_csv
 from bot.model import catalog
 from bot.model.registry import next_version, save_model
 from bot.model.training import train_model
@@ -20,7 +19,7 @@ def strategy_bars(config: AppConfig, strategy: StrategyConfig, end: datetime | N
     start = strategy.training.start
     result: dict[str, list[Bar]] = {}
     for symbol in strategy.symbols:
-        bars, _ = load_csv(config.feed.data_dir / f"{symbol}.csv", symbol, strategy.bar_interval)
+        bars, _ = config.feed.stored_bars(symbol, strategy.bar_interval)
         guard = BarGuard()
         result[symbol] = [
             b
@@ -34,7 +33,7 @@ def training_bars(config: AppConfig, strategy_name: str | None) -> dict[str, lis
     """The training span: it ends where the replay starts unless [strategies.training] end says otherwise,
     so that the default `run` trades only on bars the model never saw."""
     strategy = config.strategy(strategy_name)
-    return strategy_bars(config, strategy, strategy.training.end or config.feed.start)
+    return strategy_bars(config, strategy, strategy.training.end or config.feed.span()[0])
 
 
 def train_strategy(config: AppConfig, strategy_name: str | None, log: Any) -> Path:

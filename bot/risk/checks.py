@@ -13,10 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from bot.config import RiskSettings, SymbolRules
+from bot.config import RiskSettings
 from bot.orders import Side
 from bot.risk.sizing import OrderRequest, OrderRules, PortfolioView, floor_lots, order_rules
 from bot.risk.state import TradingState
+from bot.settings import SymbolRules
 
 
 class CheckOutcome(StrEnum):

@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from bot.config import RiskSettings, SizingSettings, SymbolRules
+from bot.config import RiskSettings, SizingSettings
 from bot.orders import Side
 from bot.risk.state import TradingState
+from bot.settings import SymbolRules
 from bot.strategy import Target
 
 _YEAR = timedelta(days=365.25)

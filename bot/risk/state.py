@@ -29,11 +29,13 @@ _SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALT
 
 
 class StateSource(StrEnum):
-    """Who moved the state: a limit breach, the operator, or the daily reset lifting a daily-loss halt."""
+    """Who moved the state: a limit breach, the operator, the daily reset lifting a daily-loss halt, or
+    reconciliation with the broker (a mismatch halts, its resolution lifts that halt)."""
 
     BREACH = "breach"
     OPERATOR = "operator"
     DAILY_RESET = "daily_reset"
+    RECONCILIATION = "reconciliation"
 
 
 class StateCause(StrEnum):
@@ -42,6 +44,7 @@ class StateCause(StrEnum):
     MAX_DRAWDOWN = "max_drawdown"
     DAILY_LOSS = "daily_loss"
     OPERATOR = "operator"
+    RECONCILIATION = "reconciliation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,20 @@ class TradingStateTracker:
             return None
         cause = None if state is TradingState.ACTIVE else StateCause.OPERATOR
         return self._move(state, reason, ts, StateSource.OPERATOR, cause, equity=equity)
+
+    def reconciled(self, problem: str | None, ts: datetime) -> TradingStateChange | None:
+        """A reconciliation's verdict: a `problem` halts (unless already halted for another cause, which
+        then stands); none lifts a halt that reconciliation itself caused."""
+        if problem is not None:
+            if self.state is TradingState.HALTED:
+                return None
+            reason = f"reconciliation: {problem}"
+            return self._move(
+                TradingState.HALTED, reason, ts, StateSource.RECONCILIATION, StateCause.RECONCILIATION
+            )
+        if self.cause == StateCause.RECONCILIATION and self.state is not TradingState.ACTIVE:
+            return self._move(TradingState.ACTIVE, "reconciled", ts, StateSource.RECONCILIATION, None)
+        return None
 
     def _move(
         self,

@@ -302,7 +302,7 @@ class Engine:
         """A feed item into the batcher, or straight into the journal (late bars, revisions, alerts)."""
         if isinstance(item, Alert):
             self._journal.record_alerts([item])
-            self._log.warning("feed_problem", symbol=item.symbol, message=item.message)
+            self._log.warning(item.kind.value, symbol=item.symbol, message=item.message)
         elif isinstance(item, BarRevision):
             if self._batcher.revise(item.bar):
                 self._log.info("bar_revised", symbol=item.bar.symbol, bar_ts=item.bar.ts.isoformat())
@@ -430,11 +430,15 @@ class Engine:
                     pending = replace(pending, filled_qty=pending.filled_qty + fill.qty)
                     self._pending[cid] = pending
             if pending is not None:
-                status = update.order.status if update.order is not None else pending.status
-                if pending.remaining <= 0 or not status.is_open:
+                order = update.order
+                if order is not None and pending.status.may_become(order.status):
+                    known = order.broker_order_id or pending.broker_order_id
+                    pending = replace(pending, status=order.status, broker_order_id=known)
+                    self._pending[cid] = pending
+                if pending.remaining <= 0 or not pending.status.is_open:
                     del self._pending[cid]
-                    if status is OrderStatus.REJECTED:
-                        record.alerts.append(self._rejected_alert(pending.intent, update.order))
+                    if pending.status is OrderStatus.REJECTED:
+                        record.alerts.append(self._rejected_alert(pending.intent, order))
             fresh.append(update)
         record.updates.extend(fresh)
         symbols = sorted({u.fill.symbol for u in fresh if u.fill is not None})
@@ -504,8 +508,8 @@ class Engine:
         self._reconcile_backoff = 0.0
         record = BatchRecord(ts=now)
         self._apply_updates(result.updates, record)
-        for fill in result.foreign:
-            self._foreign(OrderUpdate(None, fill.ts, fill), record)
+        for foreign in result.foreign:
+            self._foreign(foreign, record)
         self._judge(result.mismatches, now, record)
         self._journal.record_batch(record)
         for order in result.missing:
@@ -928,9 +932,8 @@ class Engine:
                 del self._pending[cid]
                 self._journal.record_alerts([self._rejected_alert(intent, order)])
             elif pending.status.may_become(order.status):
-                self._pending[cid] = replace(
-                    pending, status=order.status, broker_order_id=order.broker_order_id
-                )
+                known = order.broker_order_id or pending.broker_order_id
+                self._pending[cid] = replace(pending, status=order.status, broker_order_id=known)
         self._journal.update_order(order)
 
     def equity_point(self, ts: datetime) -> EquityPoint:

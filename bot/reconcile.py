@@ -47,12 +47,12 @@ class BookView:
 
 @dataclass
 class Reconciliation:
-    """What one pass found: order states and new fills to record, orders the broker never received, fills
-    of orders that are not ours, and the differences that remained."""
+    """What one pass found: order states and new fills to record, orders the broker never received, open
+    orders and fills that are not ours, and the differences that remained."""
 
     updates: list[OrderUpdate] = field(default_factory=list)
     missing: list[OpenOrder] = field(default_factory=list)
-    foreign: list[Fill] = field(default_factory=list)
+    foreign: list[OrderUpdate] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
 
 
@@ -83,6 +83,9 @@ class Reconciler:
                 result.missing.append(order)
             else:
                 statuses.append(OrderUpdate(known, now))
+        theirs = {o.client_order_id: o for o in await self._broker.open_orders()}
+        mine = ours(set(theirs))
+        result.foreign.extend(OrderUpdate(o, now) for cid, o in theirs.items() if cid not in mine)
         seen = set(view.fill_ids)
         cash, positions = view.cash, dict(view.positions)
         for attempt in range(2):
@@ -94,7 +97,7 @@ class Reconciler:
                     cash += fill.cash_delta
                     positions[fill.symbol] = positions.get(fill.symbol, Decimal(0)) + fill.signed_qty
                 else:
-                    result.foreign.append(fill)
+                    result.foreign.append(OrderUpdate(None, fill.ts, fill))
             result.mismatches = self._compare(cash, positions, account.cash, account.positions)
             if not result.mismatches or attempt or self._settings.settle_seconds == 0:
                 break

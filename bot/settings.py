@@ -8,10 +8,10 @@ from __future__ import annotations
 from decimal import Decimal
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, ValidationInfo
 
 
 class Section(BaseModel):
@@ -24,6 +24,19 @@ def resolve_path(path: Path, info: ValidationInfo) -> Path:
     """`path` made absolute against the config file's folder (passed as validation context)."""
     base = (info.context or {}).get("base_dir")
     return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
+
+
+def kind_of(default: str) -> Discriminator:
+    """The discriminator of a registry's union: the section's `kind`, `default` when the key is left out."""
+
+    def kind(value: Any) -> str:
+        return (
+            str(value.get("kind", default))
+            if isinstance(value, dict)
+            else str(getattr(value, "kind", default))
+        )
+
+    return Discriminator(kind)
 
 
 class SymbolRules(Section):

@@ -1,8 +1,18 @@
-"""The broker registry: `[broker] kind` picks one member of this union. A new broker is one module with
-its `*Config` (a `BrokerSettings` whose `build()` makes the broker) plus one member here."""
+"""The broker registry: `[broker] kind` picks one member of this union (`sim` when left out). A new broker
+is one module with its `*Config` (a `BrokerSettings` whose `build()` makes the broker) plus one member
+here."""
 
 from __future__ import annotations
 
-from bot.brokers.sim import SimBrokerConfig
+from typing import Annotated
 
-BrokerConfig = SimBrokerConfig  # the union of one: the venues' brokers come next
+from pydantic import Tag
+
+from bot.brokers.alpaca import AlpacaBrokerConfig
+from bot.brokers.sim import SimBrokerConfig
+from bot.settings import kind_of
+
+BrokerConfig = Annotated[
+    Annotated[SimBrokerConfig, Tag("sim")] | Annotated[AlpacaBrokerConfig, Tag("alpaca")],
+    kind_of("sim"),
+]

@@ -1,8 +1,17 @@
-"""The feed registry: `[feed] kind` picks one member of this union. A new feed is one module with its
-`*Config` (a `FeedSettings` whose `build()` makes the feed) plus one member here."""
+"""The feed registry: `[feed] kind` picks one member of this union (`replay` when left out). A new feed is
+one module with its `*Config` (a `FeedSettings` whose `build()` makes the feed) plus one member here."""
 
 from __future__ import annotations
 
-from bot.feeds.replay import ReplayFeedConfig
+from typing import Annotated
 
-FeedConfig = ReplayFeedConfig  # the union of one: the live feeds come next
+from pydantic import Tag
+
+from bot.feeds.alpaca import AlpacaFeedConfig
+from bot.feeds.replay import ReplayFeedConfig
+from bot.settings import kind_of
+
+FeedConfig = Annotated[
+    Annotated[ReplayFeedConfig, Tag("replay")] | Annotated[AlpacaFeedConfig, Tag("alpaca")],
+    kind_of("replay"),
+]

@@ -97,7 +97,7 @@ async def run_daemon(
 ) -> RunOutcome:
     """`run` (the configured book, paced, resumable) or `backtest` (a new book, as fast as possible).
 
-    Everything that can refuse the start (models, device, the feed's files, the broker's keys and URLs)
+    Everything that can refuse the start (models, device, the feed's files, the venue's keys and URLs)
     is checked before the database is touched. `on_batch` is called after every batch, and `broker`
     replaces the configured one: both are for tests that script a venue."""
     torch.set_num_threads(config.daemon.torch_threads)
@@ -108,11 +108,12 @@ async def run_daemon(
     start, end = start or span_start, end or span_end
     feed = config.feed.build(config.feed_context(backtest=backtest, start=start, end=end))
     broker = broker or config.broker.build(BrokerContext(config.all_symbols, backtest=backtest))
-    ensure_schema(config.daemon.database_url)
-    db = make_engine(config.daemon.database_url)
+    db = None
     try:
-        await broker.start()
+        await broker.start()  # a venue that refuses the keys stops the start here, before the database
         await feed.start()
+        ensure_schema(config.daemon.database_url)
+        db = make_engine(config.daemon.database_url)
         sessions = session_factory(db)
         book_name = f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}" if backtest else config.daemon.book
         kind = m.BookKind.BACKTEST if backtest else m.BookKind.DAEMON
@@ -163,7 +164,8 @@ async def run_daemon(
     finally:
         await feed.close()
         await broker.close()
-        db.dispose()
+        if db is not None:
+            db.dispose()
 
 
 async def _serve(

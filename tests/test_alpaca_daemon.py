@@ -117,7 +117,7 @@ def test_the_daemon_trades_alpaca_paper_end_to_end(
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     daemon = Daemon.started(config)
     faulted: dict[str, int] = {}  # the index of the order post each fault hit
-    for i, _ in enumerate(publish(fake, live[:400], pace=0.03)):
+    for i, _ in enumerate(publish(fake, live[:400], pace=0.015)):
         posts = len(fake.order_posts)
         if i == 40:
             fake.fail_next_submit(504, accept=True)  # the gateway timed out, the order was taken
@@ -190,7 +190,7 @@ def test_fills_while_the_daemon_was_killed_are_recorded_once_after_restart(
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     daemon = Daemon.started(config)
     sent = iter(live)
-    for _ in publish(fake, sent, pace=0.03):
+    for _ in publish(fake, sent, pace=0.015):
         if fake.order_posts:
             break
     daemon.wait_for(lambda e: e.get("event") == "decision" and e.get("order") is not None)
@@ -300,7 +300,7 @@ def test_order_updates_by_polling(
     config = live_config(tmp_path, fake, btc_model, broker='order_updates = "poll"\npoll_seconds = 0.2\n')
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     daemon = Daemon.started(config)
-    for _ in publish(fake, live[:80], pace=0.03):
+    for _ in publish(fake, live[:80], pace=0.015):
         pass
     assert fake.executions, "the model traded"
     wait_quiet(fake, daemon, db_url)
@@ -317,7 +317,7 @@ def test_alpaca_bars_into_the_simulated_broker(
     sim = 'kind = "sim"\nstarting_cash = "100000"\ncommission_bps = 1\nslippage_bps = 2\n'
     config = live_config(tmp_path, fake, btc_model, broker=sim, broker_kind="sim")
     daemon = Daemon.started(config)
-    for _ in publish(fake, live[:80], pace=0.03):
+    for _ in publish(fake, live[:80], pace=0.015):
         pass
     daemon.wait_for(lambda e: e.get("event") == "decision" and e["bar_ts"].startswith("2022-01-28T01:15"))
     assert daemon.stop() == 0, daemon.finish()

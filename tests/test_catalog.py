@@ -42,7 +42,7 @@ def test_train_registers_and_run_activates(
 
     assert main(["-c", str(config), "train"]) == 0
     assert _statuses(capsys, config) == {"0001": "active", "0002": "candidate"}
-    assert main(["-c", str(config), "backtest"]) == 0  # a backtest changes no status
+    assert main(["-c", str(config), "backtest", "--end", "2018-01-25T06:00"]) == 0  # changes no status
     assert _statuses(capsys, config) == {"0001": "active", "0002": "candidate"}
     asyncio.run(trade_a_little())  # run loads the newest version
     rows: Any = cli_json(capsys, config, "models")

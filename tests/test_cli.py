@@ -153,13 +153,10 @@ def _paperbot(config: Path, *args: str) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_daemon_stops_cleanly_on_a_signal_and_resumes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: signal.Signals
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: signal.Signals, crypto_model: Path
 ) -> None:
-    model_dir = tmp_path / "models" / "lstm-crypto"
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    config = write_crypto_project(tmp_path, db_url, model_dir, speed=6000, snapshot_seconds=0.5)
-    assert main(["-c", str(config), "train"]) == 0
-    capsys.readouterr()
+    config = write_crypto_project(tmp_path, db_url, crypto_model, speed=6000, snapshot_seconds=0.5)
 
     proc = _paperbot(config, "run")
     assert proc.stdout is not None
@@ -188,10 +185,10 @@ def test_daemon_stops_cleanly_on_a_signal_and_resumes(
         assert kinds == {"bar", "periodic"}
     finally:
         engine.dispose()
-    assert stopped_at < "2018-01-30"
+    assert stopped_at < "2018-01-26"
 
-    # Started again, it continues from the last processed bar and runs to the end of the data.
-    config.write_text(config.read_text().replace("speed = 6000", "speed = 0"))
+    # Started again, it continues from the last processed bar and runs to the end of its span.
+    config.write_text(config.read_text().replace("speed = 6000", 'speed = 0\nend = "2018-01-26T06:00:00Z"'))
     proc = _paperbot(config, "run")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -200,7 +197,7 @@ def test_daemon_stops_cleanly_on_a_signal_and_resumes(
     status = cli_json(capsys, config, "status")
     assert isinstance(status, dict)
     assert status["last_run"]["status"] == "completed"
-    assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")
+    assert status["last_bar"]["ETH-BTC"] == "2018-01-26T05:55:00+00:00"
 
 
 def test_books_share_a_database_without_colliding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

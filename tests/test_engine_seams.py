@@ -73,13 +73,13 @@ def test_partial_fills_and_a_quiet_order_stream_are_recorded_once(
 
     def hook(engine: Engine, broker: ScriptedBroker) -> None:
         n = engine.stats.batches
-        if n in (200, 320):  # the order stream goes down, fills go on unseen; then it comes back
-            broker.go_quiet(n == 200, engine.market_now())
+        if n in (100, 170):  # the order stream goes down, fills go on unseen; then it comes back
+            broker.go_quiet(n == 100, engine.market_now())
             quiet.append(engine.market_now())
         if n % 10 == 0 and run.rows(m.Order, m.Order.status == "partially_filled"):
             partly_filled.append(n)
 
-    run(hook, batches=450)
+    run(hook, batches=220)
     fills = run.rows(m.Fill)
     assert [(f.broker_fill_id, f.qty, f.price, f.commission) for f in fills] == [
         (f.broker_fill_id, f.qty, f.price, f.commission) for f in run.broker._fills
@@ -101,7 +101,7 @@ def test_lost_answers_and_lost_orders_are_settled_by_client_order_id(
     crypto_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = Run(tmp_path, crypto_model)
-    plan = {100: "lose_next_answer", 300: "lose_next_order", 500: "lose_next_order"}
+    plan = {60: "lose_next_answer", 120: "lose_next_order", 180: "lose_next_order"}
     lost_at: list[int] = []
 
     def hook(engine: Engine, broker: ScriptedBroker) -> None:
@@ -115,7 +115,7 @@ def test_lost_answers_and_lost_orders_are_settled_by_client_order_id(
         if len(lost_at) == 3 and n == lost_at[2] + 3:
             engine.request_reconcile("test: three bars later")  # its bar is stale: expired
 
-    run(hook, batches=650)
+    run(hook, batches=260)
     (_, answer), (_, resent), (_, stale) = run.broker.lost
     orders = {o.client_order_id: o for o in run.rows(m.Order)}
     submits = {cid: run.broker.submits.count(cid) for cid in run.broker.submits}
@@ -141,14 +141,14 @@ def test_a_position_changed_behind_the_daemons_back_halts_until_reconciled(
 
     def hook(engine: Engine, broker: ScriptedBroker) -> None:
         n = engine.stats.batches
-        if n in (400, 500):  # moved in, then out again
-            broker.shift_position("ETH-BTC", Decimal("0.5") if n == 400 else Decimal("-0.5"))
+        if n in (150, 200):  # moved in, then out again
+            broker.shift_position("ETH-BTC", Decimal("0.5") if n == 150 else Decimal("-0.5"))
             engine.request_reconcile("test")
-        if n in (399, 450, 520):
+        if n in (149, 175, 220):
             states[n] = engine.trading_states["lstm-crypto"].value
 
-    run(hook, batches=600)
-    assert states == {399: "ACTIVE", 450: "HALTED", 520: "ACTIVE"}
+    run(hook, batches=240)
+    assert states == {149: "ACTIVE", 175: "HALTED", 220: "ACTIVE"}
     events = run.rows(m.TradingStateEvent)
     assert [(e.state, e.source) for e in events] == [
         ("HALTED", "reconciliation"),

@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot.bars import utc
 from bot.config import AppConfig, load_config
 from bot.control import render_risk, risk_report, set_trading_state
-from bot.errors import OperationalError
+from bot.errors import ExitCode, OperationalError, TemporaryError
 from bot.journal import Journal
 from bot.logs import configure_logging, get_logger
 from bot.reports import (
@@ -29,7 +31,14 @@ from bot.reports import (
 )
 from bot.risk import TradingState
 from bot.store import models as m
-from bot.store.db import ensure_schema, make_engine, schema_is_current, session_factory, upgrade
+from bot.store.db import (
+    database_problem,
+    ensure_schema,
+    make_engine,
+    schema_is_current,
+    session_factory,
+    upgrade,
+)
 
 TRADE_COLUMNS = ["ts", "strategy", "symbol", "side", "qty", "price", "commission", "client_order_id"]
 MODEL_COLUMNS = [
@@ -114,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: the exit code is one of `ExitCode` (bot/errors.py). A user's
+    error and a temporary fault are one line on stderr; only a bug prints a traceback."""
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
@@ -123,12 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.daemon.log_file if args.command == "run" else None,
             stream=sys.stdout if args.command in ("run", "backtest", "train") else sys.stderr,
         )
-        return _dispatch(args, config)
+        try:
+            return _dispatch(args, config)
+        except SQLAlchemyError as exc:
+            raise database_problem(exc, config.daemon.database_url) from exc
     except OperationalError as exc:
-        print(f"paperbot: {exc}", file=sys.stderr)
-        return 2
+        return _say(exc, ExitCode.USER)
+    except TemporaryError as exc:
+        return _say(exc, ExitCode.TEMPORARY)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
+
+
+def _say(exc: Exception, code: ExitCode) -> int:
+    """One line on stderr, whatever the message held."""
+    print("paperbot: " + " ".join(str(exc).split()), file=sys.stderr)
+    return code
 
 
 def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from bot.bars import parse_timeframe, utc
 from bot.brokers.registry import BrokerConfig
@@ -46,6 +46,15 @@ class DaemonConfig(Section):
             url = make_url(value)
         except ArgumentError:  # its message repeats the URL, which may hold a password: say less
             raise ValueError("cannot parse it as a SQLAlchemy URL (dialect+driver://user@host/db)") from None
+        try:
+            url.get_dialect().import_dbapi()
+        except NoSuchModuleError:
+            raise ValueError(
+                f"SQLAlchemy has no dialect {url.drivername!r}: use sqlite:///PATH or"
+                " postgresql+psycopg://USER@HOST:PORT/DB"
+            ) from None
+        except ImportError as exc:
+            raise ValueError(f"the driver of {url.drivername!r} is not installed ({exc.name})") from None
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             url = url.set(database=str(resolve_path(Path(url.database), info)))
         return url.render_as_string(hide_password=False)
@@ -126,7 +135,7 @@ class ModelSettings(Section):
     # Decisions use horizon 1 (the bar the order fills in); the others are recorded beside it.
     horizons: Annotated[list[Annotated[int, Field(ge=1, le=500)]], Field(min_length=1, max_length=8)] = [1]
     # Offline analysis only: `run` and `backtest` refuse a bidirectional model.
-    bidirectional: bool = False
+    bidirectional: StrictBool = False
     # Multi-asset mode: > 0 learns a vector of this size per symbol, appended to every input row.
     asset_embedding: Annotated[int, Field(ge=0, le=64)] = 0
     # "window" re-runs the LSTM over the whole window per bar; "streaming" carries (h, c) per symbol and
@@ -221,7 +230,7 @@ class RiskSettings(Section):
     daily_reset_timezone: str = "UTC"
     daily_reset_time: str = "midnight"
     on_breach: Literal["halt", "reduce"] = "halt"
-    flatten_on_breach: bool = False
+    flatten_on_breach: StrictBool = False
     lot_size: Annotated[Decimal, Field(gt=0)] = Decimal(1)
     min_qty: Annotated[Decimal, Field(ge=0)] = Decimal(0)
     min_notional: Annotated[Decimal, Field(ge=0)] = Decimal(0)
@@ -273,7 +282,7 @@ class StrategyConfig(Section):
     model_dir: Path
     entry_threshold: Annotated[float, Field(ge=0, le=1)] = 0.0
     full_signal_return: Annotated[float, Field(gt=0, le=1)] = 0.002
-    allow_short: bool = False
+    allow_short: StrictBool = False
     rebalance_band: Annotated[float, Field(ge=0, le=1)] = 0.05
     features: FeatureSettings = FeatureSettings()
     model: ModelSettings = ModelSettings()
@@ -354,6 +363,12 @@ def _cross_check(config: AppConfig) -> None:
     owner: dict[str, str] = {}
     for i, strategy in enumerate(config.strategies):
         _check_symbol_rules(i, strategy.risk, strategy.symbols)
+        if strategy.entry_threshold >= strategy.full_signal_return:
+            raise ConfigError(
+                f"strategies[{i}].entry_threshold",
+                f"{strategy.entry_threshold} is not below full_signal_return ({strategy.full_signal_return}):"
+                " no forecast could ever ask for a position",
+            )
         if strategy.name in [s.name for s in config.strategies[:i]]:
             raise ConfigError(f"strategies[{i}].name", f"{strategy.name!r} is used by another strategy")
         for symbol in strategy.symbols:

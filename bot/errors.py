@@ -1,12 +1,27 @@
-"""The exception hierarchy, shaped by what the loop does about each kind of failure.
+"""The exception hierarchy, shaped by what the loop does about each kind of failure, and the exit codes
+the CLI maps them to.
 
-- `TemporaryError`: the world may be fine in a moment (timeout, 5xx, dropped socket): retry with backoff.
-- `OperationalError`: the daemon cannot go on as configured (bad config, missing model, live endpoint):
-  stop cleanly with the message.
+- `TemporaryError`: the world may be fine in a moment (timeout, 5xx, dropped socket): retry with backoff;
+  one that outlives its retries ends the process with exit code 3, which systemd restarts.
+- `OperationalError`: the daemon cannot go on as configured (bad config, a bad input file, a missing model,
+  a live endpoint): stop cleanly with one line naming the key, file or value; exit code 2, never restarted.
 - `SymbolError`: one symbol is broken (bad bar, no price): skip that symbol, alert, keep trading the others.
+Anything else is a bug: a traceback and exit code 1.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What the process says when it ends (the systemd unit restarts 1 and 3, never 2)."""
+
+    DONE = 0
+    BUG = 1
+    USER = 2  # configuration or input error: fix it, then start again
+    TEMPORARY = 3  # a temporary fault (the database, a venue) that outlived its retries
+    INTERRUPTED = 130  # Ctrl-C before the daemon could install its handlers
 
 
 class PaperbotError(Exception):
@@ -28,6 +43,10 @@ class ConfigError(OperationalError):
         super().__init__(f"config error at {key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class InputError(OperationalError):
+    """An input file or value that cannot be used: the message names it and says why, in one line."""
 
 
 class ModelError(OperationalError):

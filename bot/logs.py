@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from bot.errors import ConfigError
+
 _PRE_CHAIN: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
@@ -32,8 +34,11 @@ def configure_logging(
     )
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.WatchedFileHandler(log_file))  # logrotate-friendly
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.handlers.WatchedFileHandler(log_file))  # logrotate-friendly
+        except OSError as exc:
+            raise ConfigError("daemon.log_file", f"cannot write {log_file}: {exc.strerror}") from None
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from bot.alerts import Alert, AlertKind, Severity
 from bot.bars import Bar, utc
 from bot.clock import MarketClock
-from bot.errors import ConfigError
+from bot.errors import ConfigError, InputError
 from bot.feeds.base import FeedContext, FeedItem, FeedProblem, FeedSettings
 from bot.settings import resolve_path
 
@@ -85,27 +85,51 @@ def _number(text: str) -> float:
 
 
 def load_csv(path: Path, symbol: str, timeframe: timedelta) -> tuple[list[Bar], list[FeedProblem]]:
-    """Read `timestamp,open,high,low,close,volume` rows. Unreadable numbers become NaN bars (the guard
-    rejects them); rows without a usable timestamp are returned as problems, never silently dropped."""
+    """Read `timestamp,open,high,low,close,volume` rows (UTF-8; a spreadsheet's byte-order mark is fine).
+    Unreadable numbers become NaN bars (the guard rejects them); rows without a usable timestamp are
+    returned as problems, never silently dropped. A file that cannot be read as such, or holds no bar at
+    all, is an InputError naming it."""
     bars: list[Bar] = []
     problems: list[FeedProblem] = []
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise ValueError(f"{path}: header {header} is not {CSV_HEADER}")
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != len(CSV_HEADER):
-                problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: {len(row)} fields, expected 6"))
-                continue
-            try:
-                ts = utc(datetime.fromisoformat(row[0]))
-            except ValueError:
-                problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: bad timestamp {row[0]!r}"))
-                continue
-            o, h, low, c, v = (_number(x) for x in row[1:])
-            bars.append(Bar(symbol, ts, o, h, low, c, v, timeframe))
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise InputError(f"{path}: empty file; it needs the header {','.join(CSV_HEADER)}")
+            if header != CSV_HEADER:
+                raise InputError(f"{path}: the header is {','.join(header)}, not {','.join(CSV_HEADER)}")
+            for line_no, row in enumerate(reader, start=2):
+                if len(row) != len(CSV_HEADER):
+                    problems.append(
+                        FeedProblem(symbol, f"{path.name}:{line_no}: {len(row)} fields, expected 6")
+                    )
+                    continue
+                try:
+                    ts = utc(datetime.fromisoformat(row[0]))
+                except ValueError:
+                    problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: bad timestamp {row[0]!r}"))
+                    continue
+                o, h, low, c, v = (_number(x) for x in row[1:])
+                bars.append(Bar(symbol, ts, o, h, low, c, v, timeframe))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it: {exc.strerror}") from None
+    if not bars:
+        why = f"no row is readable (the first: {problems[0].message})" if problems else "only the header"
+        raise InputError(f"{path}: no bar in it: {why}")
     return bars, problems
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with Path(path).open("rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_no
+    return 0
 
 
 class ReplayFeed:

@@ -81,7 +81,8 @@ def load_model(folder: Path) -> LoadedModel:
         network = LSTMForecaster.from_architecture(card.architecture, len(card.horizons), len(card.symbols))
         network.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     except Exception as exc:  # a damaged file raises whatever its bytes provoke (pickle, EOF, index errors)
-        raise ModelError(f"cannot load model {folder}: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's errors run to several lines
+        raise ModelError(f"cannot load model {folder}: {type(exc).__name__}: {first}") from exc
     network.eval()
     return LoadedModel(card, network, folder)
 

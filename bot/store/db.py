@@ -11,10 +11,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import bot
-from bot.errors import OperationalError
+from bot.errors import ConfigError, OperationalError, PaperbotError, TemporaryError
 
 MIGRATIONS_DIR = Path(bot.__file__).resolve().parent.parent / "migrations"
 """The Alembic script directory (env.py, versions/) at the repository root."""
@@ -56,7 +57,12 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    "daemon.database_url", f"cannot create the folder {path.parent}: {exc.strerror}"
+                ) from None
         engine = create_engine(parsed)
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
@@ -122,3 +128,17 @@ def ensure_schema(url: str) -> None:
     finally:
         engine.dispose()
     upgrade(url)
+
+
+def database_problem(exc: SQLAlchemyError, url: str) -> PaperbotError:
+    """A database failure in paperbot's terms, in one line without the password: a SQLite file that cannot
+    be opened is the configuration's (exit 2); a server that does not answer, a dropped connection, a lock
+    held too long or a full disk is temporary (exit 3: systemd starts it again)."""
+    parsed = make_url(url)
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    where = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and "unable to open database file" in cause:
+        return ConfigError(
+            "daemon.database_url", f"cannot open the SQLite database {parsed.database}: {cause}"
+        )
+    return TemporaryError(f"database error at {where}: {cause}")

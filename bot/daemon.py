@@ -98,8 +98,62 @@ async def run_daemon(
     """`run` (the configured book, paced, resumable) or `backtest` (a new book, as fast as possible).
 
     Everything that can refuse the start (models, device, the feed's files, the venue's keys and URLs)
-    is checked before the database is touched. `on_batch` is called after every batch, and `broker`
-    replaces the configured one: both are for tests that script a venue."""
+    is checked before the database is touched. SIGINT and SIGTERM are handled from the first moment: one
+    that comes during the start lets it finish without trading, and the run is recorded as stopped.
+    `on_batch` is called after every batch, and `broker` replaces the configured one: both are for tests
+    that script a venue."""
+    stop = _StopRequest()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+    try:
+        return await _start_and_serve(
+            config,
+            command=command,
+            config_path=config_path,
+            start=start,
+            end=end,
+            stop=stop,
+            on_batch=_after_batch(on_batch, stop_after_batches),
+            broker=broker,
+        )
+    finally:
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+class _StopRequest:
+    """What SIGINT and SIGTERM do: stop the engine, or, before there is one, make it stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._engine: Engine | None = None
+
+    def __call__(self) -> None:
+        self.requested = True
+        if self._engine is not None:
+            self._engine.stop()
+
+    def watch(self, engine: Engine) -> None:
+        """The engine to stop from now on (stopped now if a signal came first)."""
+        self._engine = engine
+        if self.requested:
+            engine.stop()
+
+
+async def _start_and_serve(
+    config: AppConfig,
+    *,
+    command: str,
+    config_path: Path,
+    start: datetime | None,
+    end: datetime | None,
+    stop: _StopRequest,
+    on_batch: Callable[[Engine], None] | None,
+    broker: Broker | None,
+) -> RunOutcome:
     torch.set_num_threads(config.daemon.torch_threads)
     device = resolve_device(config.daemon.device)
     models = [load_strategy_model(i, s) for i, s in enumerate(config.strategies)]
@@ -147,9 +201,10 @@ async def run_daemon(
                 batch_linger_seconds=config.daemon.batch_linger_seconds,
                 reconciliation=config.reconciliation,
             ),
-            on_batch=_after_batch(on_batch, stop_after_batches),
+            on_batch=on_batch,
         )
         engine.restore(state)
+        stop.watch(engine)
         stats = await _serve(
             engine,
             journal,
@@ -158,7 +213,6 @@ async def run_daemon(
             start=start,
             last_bars={s: ts for s, (ts, _) in state.last_bars.items()},
             live=not backtest,
-            signals=install_signals,
         )
         return RunOutcome(stats, book_status(sessions, journal.book_id))
     finally:
@@ -177,10 +231,9 @@ async def _serve(
     start: datetime | None,
     last_bars: dict[str, datetime],
     live: bool,
-    signals: bool,
 ) -> EngineStats:
-    """Reconcile, warm up and run the engine, with the scheduler and signal handlers around it; record how
-    the run ended. Nothing is traded before the start-up reconciliation has finished."""
+    """Reconcile, warm up and run the engine, with the scheduler around it; record how the run ended.
+    Nothing is traded before the start-up reconciliation has finished."""
     log = get_logger("paperbot.daemon")
 
     async def snapshot() -> None:
@@ -201,10 +254,6 @@ async def _serve(
         reconcile,
         ping,
     )
-    loop = asyncio.get_running_loop()
-    if signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, engine.stop)
     status, message = m.RunStatus.FAILED, None
     try:
         await engine.reconcile_at_start()
@@ -223,9 +272,6 @@ async def _serve(
         notify("STOPPING=1")
         if scheduler.running:
             scheduler.shutdown(wait=False)
-        if signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
         journal.finish_run(status, engine.stats.bars, message)
         log.info("stopped", status=status.value, bars=engine.stats.bars, fills=engine.stats.fills)
 

@@ -208,8 +208,14 @@ class Journal:
             return book.id
 
     def start_run(self, command: str, config_sha256: str) -> int:
-        """Open a runs row; later writes are tagged with it."""
+        """Open a runs row; later writes are tagged with it. A run of this book still open was killed or
+        crashed without closing its row: it is closed as killed."""
         with self._sessions.begin() as session:
+            for stale in session.scalars(
+                select(m.Run).where(m.Run.book_id == self.book_id, m.Run.status == m.RunStatus.RUNNING.value)
+            ):
+                stale.status = m.RunStatus.KILLED.value
+                stale.message = "never closed: the process was killed or crashed (found at the next start)"
             run = m.Run(
                 book_id=self.book_id,
                 command=command,

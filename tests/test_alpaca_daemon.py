@@ -201,8 +201,10 @@ def test_fills_while_the_daemon_was_killed_are_recorded_once_after_restart(
     assert executions >= 3
     assert len(rows(db_url, m.Fill)) < executions
 
+    assert [r.status for r in rows(db_url, m.Run)] == ["running"]  # as SIGKILL left it
     again = Daemon(config)
     again.wait_for(lambda e: e.get("event") == "reconciled" and e.get("why") == "start", timeout=90)
+    assert [r.status for r in rows(db_url, m.Run)] == ["killed", "running"]
     assert fake.wait_until(lambda: len(rows(db_url, m.Fill)) == executions, timeout=20)
     for _, bar in zip(range(20), sent, strict=False):
         fake.publish("BTC/USD", bar)

@@ -5,7 +5,9 @@ The whole daemon runs on real bars, a real model and a real database."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from sqlalchemy import select
 from bot.config import load_config
 from bot.daemon import run_daemon
 from bot.engine import Engine
+from bot.orders import Fill, OpenOrder
 from bot.store import models as m
 from bot.store.db import make_engine, session_factory, upgrade
 
@@ -162,3 +165,21 @@ def test_a_position_changed_behind_the_daemons_back_halts_until_reconciled(
     assert len(foreign) == 2, "each transfer is reported once"
     assert [o for o in run.rows(m.Order) if events[0].ts < o.bar_ts < events[1].ts] == []
     assert run.rows(m.RiskDecision, m.RiskDecision.reason == "trading_state"), "it wanted to, and was denied"
+
+
+class InterruptedStart(ScriptedBroker):
+    """Ctrl-C arrives while the daemon restores the book: after its run row is open, before any trade."""
+
+    def restore(self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder]) -> None:
+        super().restore(fills, open_orders)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_during_the_start_stops_it_before_any_trade(crypto_model: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path, crypto_model)
+    broker = InterruptedStart(run.cfg.broker)  # type: ignore[arg-type]
+    outcome = asyncio.run(run_daemon(run.cfg, command="run", config_path=run.config, broker=broker))
+    assert outcome.stats.stopped
+    assert outcome.stats.batches == 0
+    assert [r.status for r in run.rows(m.Run)] == ["stopped"]  # not failed, and the exit code is 0
+    assert run.rows(m.Order) == []

@@ -3,6 +3,7 @@ systemd unit); a database that does not answer is one line with exit code 3 (res
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -138,3 +139,19 @@ def test_an_unreachable_database_is_one_line_and_exit_code_3(
     assert err.count("\n") == 1
     assert "database error at postgresql+psycopg://paperbot:***@127.0.0.1:1/nowhere" in err
     assert "s3cret" not in err
+
+
+def test_a_timestamp_without_a_zone_is_an_alert_not_a_guess(
+    project: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, path = project
+    rewrite(path, lambda b: b.replace(b"2018-01-25T00:30:00Z", b"2018-01-25T00:30:00", 1))
+    code, err = run(config, capsys)
+    assert code == ExitCode.DONE, err
+    capsys.readouterr()
+    assert main(["-c", str(config), "alerts", "--format", "json"]) == 0
+    alerts = json.loads(capsys.readouterr().out)
+    assert [a["message"] for a in alerts if a["kind"] == "feed_problem"] == [
+        "ETH-BTC.csv:4269: no time zone in '2018-01-25T00:30:00'"
+    ]
+    assert "last bar        ETH-BTC 2018-01-25 00:55" in err  # the bars around it trade as before

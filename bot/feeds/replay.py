@@ -106,10 +106,14 @@ def load_csv(path: Path, symbol: str, timeframe: timedelta) -> tuple[list[Bar], 
                     )
                     continue
                 try:
-                    ts = utc(datetime.fromisoformat(row[0]))
+                    ts = datetime.fromisoformat(row[0])
                 except ValueError:
                     problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: bad timestamp {row[0]!r}"))
                     continue
+                if ts.tzinfo is None:  # its instant would be a guess
+                    problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: no time zone in {row[0]!r}"))
+                    continue
+                ts = utc(ts)
                 o, h, low, c, v = (_number(x) for x in row[1:])
                 bars.append(Bar(symbol, ts, o, h, low, c, v, timeframe))
     except UnicodeDecodeError:

@@ -57,6 +57,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     STOPPED = "stopped"
     FAILED = "failed"
+    KILLED = "killed"  # found still running by the next start: killed (SIGKILL, power loss) or crashed
 
 
 class ModelStatus(StrEnum):

@@ -55,6 +55,7 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate_timestamp"
     OUT_OF_ORDER = "out_of_order"
     NAIVE_TIMESTAMP = "naive_timestamp"
+    FUTURE = "future_timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,16 @@ class BarGuard:
     def last_ts(self, symbol: str) -> datetime | None:
         """The open time of the last bar accepted for `symbol`."""
         return self._last_ts.get(symbol)
+
+    @staticmethod
+    def from_the_future(bar: Bar, now: datetime) -> BarRejection | None:
+        """A bar that opens more than one bar interval after `now` (the venue's clock, or the host's for a
+        replay of stored bars): nobody can have closed it. Checked as a bar arrives, before it can move the
+        market clock or become a symbol's last bar."""
+        if bar.ts.tzinfo is None or bar.ts <= now + bar.timeframe:
+            return None
+        detail = f"bar at {bar.ts.isoformat()} opens after {(now + bar.timeframe).isoformat()}"
+        return BarRejection(bar, RejectReason.FUTURE, detail)
 
     def check(self, bar: Bar) -> BarRejection | None:
         """None if the bar is good (and remembered), else the rejection. A rejected bar changes no state."""

@@ -21,7 +21,7 @@ from decimal import Decimal
 import numpy as np
 
 from bot.alerts import Alert, AlertKind, Severity
-from bot.bars import Bar, BarGuard
+from bot.bars import Bar, BarGuard, BarRejection
 from bot.batching import Batcher, Instant
 from bot.brokers import Broker, BrokerEvent, BrokerStatus
 from bot.config import ReconciliationSettings, StrategyConfig
@@ -311,6 +311,13 @@ class Engine:
                     item.bar, AlertKind.BAR_REVISED, f"revised after its decision: {item.reason}"
                 )
         else:
+            clock = self._feed.clock
+            future = self._guard.from_the_future(
+                item, clock.now() if clock is not None else datetime.now(UTC)
+            )
+            if future is not None:
+                self._journal.record_alerts([self._rejected(future, self.market_now())])
+                return
             close = item.close_time
             self._seen = close if self._seen is None else max(self._seen, close)
             if not self._batcher.add(item, self.market_now()):
@@ -339,6 +346,27 @@ class Engine:
         )
         self._journal.record_alerts([alert])
         self._log.warning(kind.value, symbol=bar.symbol, bar_ts=bar.ts.isoformat())
+
+    def _rejected(self, rejection: BarRejection, ts: datetime) -> Alert:
+        """The alert (and the log line) of a bar the guard refused: it is never traded on."""
+        bar = rejection.bar
+        owner = self._owner.get(bar.symbol)
+        self._log.warning(
+            "bar_rejected",
+            symbol=bar.symbol,
+            bar_ts=bar.ts.isoformat(),
+            reason=rejection.reason.value,
+            detail=rejection.detail,
+        )
+        return Alert(
+            ts,
+            Severity.WARNING,
+            AlertKind.BAR_REJECTED,
+            f"bar rejected: {rejection.detail}",
+            owner.name if owner else None,
+            bar.symbol,
+            {"reason": rejection.reason.value, "bar_ts": bar.ts.isoformat()},
+        )
 
     # ---- the broker's side ----------------------------------------------------------------------
 
@@ -593,26 +621,8 @@ class Engine:
             rejection = self._guard.check(bar)
             if rejection is None:
                 accepted.append(bar)
-                continue
-            owner = self._owner.get(bar.symbol)
-            record.alerts.append(
-                Alert(
-                    now,
-                    Severity.WARNING,
-                    AlertKind.BAR_REJECTED,
-                    f"bar rejected: {rejection.detail}",
-                    owner.name if owner else None,
-                    bar.symbol,
-                    {"reason": rejection.reason.value, "bar_ts": bar.ts.isoformat()},
-                )
-            )
-            self._log.warning(
-                "bar_rejected",
-                symbol=bar.symbol,
-                bar_ts=bar.ts.isoformat(),
-                reason=rejection.reason.value,
-                detail=rejection.detail,
-            )
+            else:
+                record.alerts.append(self._rejected(rejection, now))
         accepted = [b for b in accepted if b.symbol in self._owner]
         record.bars = accepted
         record.timeframes = {b.symbol: self._owner[b.symbol].config.timeframe for b in accepted}

@@ -117,6 +117,7 @@ def test_reason_codes_are_stable() -> None:
         "DUPLICATE": "duplicate_timestamp",
         "OUT_OF_ORDER": "out_of_order",
         "NAIVE_TIMESTAMP": "naive_timestamp",
+        "FUTURE": "future_timestamp",
     }
 
 
@@ -243,3 +244,13 @@ def test_parse_timeframe_bad(text: str) -> None:
 def test_parse_timeframe_rejects_trailing_newline() -> None:
     with pytest.raises(ValueError, match="is not like"):
         parse_timeframe("1h\n")
+
+
+def test_a_bar_that_opens_after_the_clock_and_one_interval_is_refused() -> None:
+    now = T0 + 30 * timedelta(minutes=1)  # the venue's clock, or the host's for stored bars
+    assert BarGuard.from_the_future(bar(T0 - HOUR), now) is None  # closed at T0: the usual case
+    assert BarGuard.from_the_future(bar(T0 + HOUR), now) is None  # within one interval: clock skew
+    rejection = BarGuard.from_the_future(bar(datetime(2099, 1, 26, tzinfo=UTC)), now)
+    assert rejection is not None
+    assert rejection.reason is RejectReason.FUTURE
+    assert "2099-01-26" in rejection.detail

@@ -135,6 +135,7 @@ def test_malformed_bars_are_rejected_and_alerted(
     lines.insert(start + 4, lines[start + 3])  # duplicate timestamp
     lines.insert(start + 6, lines[start - 10])  # out of order
     lines.insert(start + 8, "not-a-time,1,1,1,1,1")
+    lines.insert(start + 20, "2099-01-26T12:00:00Z,0.095,0.096,0.094,0.095,10")  # a typo in the year
     path.write_text("\n".join(lines) + "\n")
 
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -149,11 +150,14 @@ def test_malformed_bars_are_rejected_and_alerted(
     assert reasons == [
         "duplicate_timestamp",
         "feed_problem",
+        "feed_problem",  # 2099: never read, so it neither reorders the replay nor becomes the last bar
         "high_below_low",
         "late_bar",  # the row out of order closes at an instant already decided
         "non_positive_price",
         "not_finite",
     ]
+    status: Any = cli_json(capsys, config, "status")
+    assert status["last_bar"]["ETH-BTC"].startswith("2018-01-30")  # every real bar after 2099's was used
     (late,) = [a for a in alerts if a["kind"] == "late_bar"]
     assert late["details"]["bar_ts"] == lines[start - 10].split(",")[0].replace("Z", "+00:00")
     assert late["details"]["close"] == Decimal(lines[start - 10].split(",")[4])

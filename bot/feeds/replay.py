@@ -86,11 +86,12 @@ def _number(text: str) -> float:
 
 def load_csv(path: Path, symbol: str, timeframe: timedelta) -> tuple[list[Bar], list[FeedProblem]]:
     """Read `timestamp,open,high,low,close,volume` rows (UTF-8; a spreadsheet's byte-order mark is fine).
-    Unreadable numbers become NaN bars (the guard rejects them); rows without a usable timestamp are
-    returned as problems, never silently dropped. A file that cannot be read as such, or holds no bar at
-    all, is an InputError naming it."""
+    Unreadable numbers become NaN bars (the guard rejects them); rows without a usable timestamp (none,
+    one without a zone, one in the future) are returned as problems, never silently dropped. A file that
+    cannot be read as such, or holds no bar at all, is an InputError naming it."""
     bars: list[Bar] = []
     problems: list[FeedProblem] = []
+    latest = datetime.now(UTC) + timeframe  # no stored bar can open later
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -114,6 +115,9 @@ def load_csv(path: Path, symbol: str, timeframe: timedelta) -> tuple[list[Bar], 
                     problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: no time zone in {row[0]!r}"))
                     continue
                 ts = utc(ts)
+                if ts > latest:  # a typo in a year would reorder the replay and end it there
+                    problems.append(FeedProblem(symbol, f"{path.name}:{line_no}: {row[0]} is in the future"))
+                    continue
                 o, h, low, c, v = (_number(x) for x in row[1:])
                 bars.append(Bar(symbol, ts, o, h, low, c, v, timeframe))
     except UnicodeDecodeError:

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 from bot.store.db import make_engine
 from bot.store.models import Base
@@ -33,6 +34,8 @@ target_metadata = Base.metadata
 COMMON_OPTIONS: dict[str, Any] = {
     "target_metadata": target_metadata,
     "render_as_batch": True,
+    # Each migration and its version row commit together: a kill leaves the database at a version.
+    "transaction_per_migration": True,
     "compare_type": True,
     "compare_server_default": True,
 }
@@ -76,12 +79,28 @@ def _migrate(connection: Connection) -> None:
         context.run_migrations()
 
 
+def _transactional_sqlite(engine: Engine) -> None:
+    """Make DDL transactional on SQLite: Python's sqlite3 commits by itself before a CREATE or ALTER, so a
+    migration killed half-way would leave half a schema. With the driver in autocommit mode, SQLAlchemy's
+    own BEGIN opens the transaction, and each migration commits or rolls back whole."""
+
+    @event.listens_for(engine, "connect")
+    def _autocommit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
 def _migrate_sqlite(connection: Connection) -> None:
     # A batch migration rebuilds a table (create copy, drop old, rename). With foreign keys on, dropping
     # a referenced table would delete-check or fail against its children, so they are off while migrating
-    # and the whole database is checked once the tables are back in place.
-    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    connection.commit()  # the pragma is ignored inside a transaction; end the autobegun one
+    # and the whole database is checked once the tables are back in place. The pragma is ignored inside a
+    # transaction: it goes to the driver directly, which is in autocommit mode.
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
     try:
         _migrate(connection)
         violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
@@ -89,8 +108,7 @@ def _migrate_sqlite(connection: Connection) -> None:
             raise RuntimeError(f"migration left rows violating foreign keys: {violations[:10]}")
     finally:
         connection.rollback()
-        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-        connection.commit()
+        raw.execute("PRAGMA foreign_keys=ON")
 
 
 def run_migrations_online() -> None:
@@ -100,6 +118,8 @@ def run_migrations_online() -> None:
         _migrate(connection)
         return
     engine = make_engine(database_url())
+    if engine.dialect.name == "sqlite":
+        _transactional_sqlite(engine)
     try:
         with engine.connect() as own:
             if own.dialect.name == "sqlite":

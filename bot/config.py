@@ -15,9 +15,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from bot.bars import parse_timeframe, utc
+from bot.brokers.registry import DEFAULT_KIND as DEFAULT_BROKER
 from bot.brokers.registry import BrokerConfig
 from bot.errors import ConfigError
 from bot.feeds.base import FeedContext
+from bot.feeds.registry import DEFAULT_KIND as DEFAULT_FEED
 from bot.feeds.registry import FeedConfig
 from bot.settings import Section, SymbolRules, resolve_path
 
@@ -325,7 +327,7 @@ class AppConfig(Section):
 
     daemon: DaemonConfig = DaemonConfig()
     feed: FeedConfig
-    broker: BrokerConfig = Field(default_factory=lambda: {"kind": "sim"}, validate_default=True)
+    broker: BrokerConfig = Field(default_factory=lambda: {"kind": DEFAULT_BROKER}, validate_default=True)
     reconciliation: ReconciliationSettings = ReconciliationSettings()
     strategies: Annotated[list[StrategyConfig], Field(min_length=1)]
 
@@ -393,7 +395,7 @@ def _check_symbol_rules(i: int, risk: RiskSettings, symbols: list[str]) -> None:
             raise ConfigError(f"{key}.symbols.{symbol}.lot_size", problem)
 
 
-_UNIONS = {"feed": "replay", "broker": "sim"}  # sections chosen by kind (and the kind left out means)
+_UNIONS = {"feed": DEFAULT_FEED, "broker": DEFAULT_BROKER}  # sections chosen by kind, and their default
 
 
 def _kind(data: dict[str, Any], section: str) -> object:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,12 @@ from bot.risk import (
 from bot.strategy import ForecastStrategy, Target
 
 _END = object()  # end-of-stream marker on the bar queue
+
+
+def _latest(current: datetime | None, ts: datetime) -> datetime:
+    return ts if current is None else max(current, ts)
+
+
 _MAX_BACKOFF = 60.0  # seconds between retries of a reconciliation the broker could not answer
 
 
@@ -178,13 +185,12 @@ class Engine:
         for fill in state.fills:
             self.ledger.apply(fill)
             self._fill_ids.add(fill.broker_fill_id)
-            self._last_fill_ts = fill.ts if self._last_fill_ts is None else max(self._last_fill_ts, fill.ts)
+            self._last_fill_ts = _latest(self._last_fill_ts, fill.ts)
         for symbol, (ts, close) in state.last_bars.items():
             self.marks[symbol] = close
             self._guard.seed(symbol, ts)
             self._last_ts[symbol] = ts
-            close_time = ts + self._interval_of(symbol)
-            self._seen = close_time if self._seen is None else max(self._seen, close_time)
+            self._seen = _latest(self._seen, ts + self._interval_of(symbol))
         for rt in self._runtimes:
             saved = state.trading_states.get(rt.name)
             if saved is not None:
@@ -318,55 +324,40 @@ class Engine:
             if future is not None:
                 self._journal.record_alerts([self._rejected(future, self.market_now())])
                 return
-            close = item.close_time
-            self._seen = close if self._seen is None else max(self._seen, close)
+            self._seen = _latest(self._seen, item.close_time)
             if not self._batcher.add(item, self.market_now()):
                 self._record_bar_alert(item, AlertKind.LATE_BAR, "arrived after its instant was decided")
 
     def _record_bar_alert(self, bar: Bar, kind: AlertKind, message: str) -> None:
-        """A bar that will never be traded on, recorded with its values in the alert."""
-        owner = self._owner.get(bar.symbol)
-        details = {
-            "bar_ts": bar.ts.isoformat(),
+        """A late or revised bar, recorded in an alert with its values: it is never traded on."""
+        decided = self._batcher.decided.isoformat() if self._batcher.decided else None
+        values = {
             "open": bar.open,
             "high": bar.high,
             "low": bar.low,
             "close": bar.close,
             "volume": bar.volume,
-            "decided": self._batcher.decided.isoformat() if self._batcher.decided else None,
         }
-        alert = Alert(
-            self.market_now(),
-            Severity.WARNING,
-            kind,
-            message,
-            owner.name if owner else None,
-            bar.symbol,
-            details,
-        )
+        alert = self._bar_alert(bar, kind, message, self.market_now(), {**values, "decided": decided})
         self._journal.record_alerts([alert])
-        self._log.warning(kind.value, symbol=bar.symbol, bar_ts=bar.ts.isoformat())
 
     def _rejected(self, rejection: BarRejection, ts: datetime) -> Alert:
-        """The alert (and the log line) of a bar the guard refused: it is never traded on."""
-        bar = rejection.bar
-        owner = self._owner.get(bar.symbol)
+        """The alert of a bar the guard refused: it is never traded on."""
+        details = {"reason": rejection.reason.value}
+        return self._bar_alert(
+            rejection.bar, AlertKind.BAR_REJECTED, f"bar rejected: {rejection.detail}", ts, details
+        )
+
+    def _bar_alert(
+        self, bar: Bar, kind: AlertKind, message: str, ts: datetime, details: dict[str, Any]
+    ) -> Alert:
+        """An alert about one bar (and its log line), with the bar's time and the strategy that owns it."""
         self._log.warning(
-            "bar_rejected",
-            symbol=bar.symbol,
-            bar_ts=bar.ts.isoformat(),
-            reason=rejection.reason.value,
-            detail=rejection.detail,
+            kind.value, symbol=bar.symbol, bar_ts=bar.ts.isoformat(), message=message, **details
         )
-        return Alert(
-            ts,
-            Severity.WARNING,
-            AlertKind.BAR_REJECTED,
-            f"bar rejected: {rejection.detail}",
-            owner.name if owner else None,
-            bar.symbol,
-            {"reason": rejection.reason.value, "bar_ts": bar.ts.isoformat()},
-        )
+        owner = self._owner.get(bar.symbol)
+        details = {"bar_ts": bar.ts.isoformat(), **details}
+        return Alert(ts, Severity.WARNING, kind, message, owner.name if owner else None, bar.symbol, details)
 
     # ---- the broker's side ----------------------------------------------------------------------
 
@@ -439,9 +430,7 @@ class Engine:
             if fill is not None:
                 self.ledger.apply(fill)
                 self._fill_ids.add(fill.broker_fill_id)
-                self._last_fill_ts = (
-                    fill.ts if self._last_fill_ts is None else max(self._last_fill_ts, fill.ts)
-                )
+                self._last_fill_ts = _latest(self._last_fill_ts, fill.ts)
                 self.stats.fills += 1
                 self._log.info(
                     "fill",
@@ -551,7 +540,7 @@ class Engine:
             mismatches=[x.describe() for x in result.mismatches],
         )
         if any(o.status is OrderStatus.UNKNOWN for o in self._pending.values()):
-            self.request_reconcile("unknown orders", self._config.reconciliation.settle_seconds or 1.0)
+            self.request_reconcile("unknown orders", self._settle_delay)
         return True
 
     def _fills_since(self) -> datetime | None:
@@ -604,10 +593,7 @@ class Engine:
             await self._submit(intent)
             return
         reason = f"never reached the broker; its bar closed {age:.0f} s ago (limit {limit:.0f} s)"
-        self._pending.pop(intent.client_order_id, None)
-        self._journal.update_order(
-            BrokerOrder(intent.client_order_id, None, OrderStatus.EXPIRED, reason=reason)
-        )
+        self._record_order(BrokerOrder(intent.client_order_id, None, OrderStatus.EXPIRED, reason=reason))
         self._log.warning("order_expired", client_order_id=intent.client_order_id, reason=reason)
 
     # ---- one batch ------------------------------------------------------------------------------
@@ -915,6 +901,7 @@ class Engine:
         broker by client order id, settles it; it is never re-sent blindly. A broker that cannot take
         orders now (nothing sent) leaves it NEW, for the reconciliation after the broker is back."""
         cid = intent.client_order_id
+        alerts = []
         try:
             order = await self._broker.submit(intent)
         except BrokerUnavailableError as exc:
@@ -922,29 +909,31 @@ class Engine:
             return
         except BrokerError as exc:
             order = BrokerOrder(cid, None, OrderStatus.UNKNOWN, reason=str(exc))
-            self._journal.record_alerts(
-                [
-                    Alert(
-                        self.market_now(),
-                        Severity.WARNING,
-                        AlertKind.BROKER_ERROR,
-                        f"submit failed, order state unknown until reconciled: {exc}",
-                        intent.strategy,
-                        intent.symbol,
-                        {"client_order_id": cid},
-                    )
-                ]
+            alerts.append(
+                Alert(
+                    self.market_now(),
+                    Severity.WARNING,
+                    AlertKind.BROKER_ERROR,
+                    f"submit failed, order state unknown until reconciled: {exc}",
+                    intent.strategy,
+                    intent.symbol,
+                    {"client_order_id": cid},
+                )
             )
-            self.request_reconcile("unknown order", self._config.reconciliation.settle_seconds or 1.0)
-        pending = self._pending.get(cid)
-        if pending is not None:
-            if order.status is OrderStatus.REJECTED:
-                del self._pending[cid]
-                self._journal.record_alerts([self._rejected_alert(intent, order)])
-            elif pending.status.may_become(order.status):
-                known = order.broker_order_id or pending.broker_order_id
-                self._pending[cid] = replace(pending, status=order.status, broker_order_id=known)
-        self._journal.update_order(order)
+            self.request_reconcile("unknown order", self._settle_delay)
+        self._record_order(order, alerts)
+
+    def _record_order(self, order: BrokerOrder, alerts: Sequence[Alert] = ()) -> None:
+        """An order's new state from outside the broker's events (its answer to a submit, an expiry): the
+        same bookkeeping as an event, in a transaction of its own."""
+        record = BatchRecord(ts=self.market_now(), alerts=list(alerts))
+        self._apply_updates([OrderUpdate(order, record.ts)], record)
+        self._journal.record_batch(record)
+
+    @property
+    def _settle_delay(self) -> float:
+        """How soon to ask the broker again about an order whose state is unknown."""
+        return self._config.reconciliation.settle_seconds or 1.0
 
     def equity_point(self, ts: datetime) -> EquityPoint:
         """The account marked at the last closes, at stored precision: equity is exactly cash + positions

@@ -505,8 +505,3 @@ class Journal:
         """A snapshot outside a batch (the periodic job)."""
         with self._sessions.begin() as session:
             self._write_equity(session, point, kind)
-
-    def update_order(self, order: BrokerOrder) -> None:
-        """The broker's answer to a submission, or a status settled by reconciliation."""
-        with self._sessions.begin() as session:
-            self._apply_order(self._order_row(session, order.client_order_id), order)

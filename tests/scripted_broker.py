@@ -5,7 +5,6 @@ back. It keeps the Broker contract exactly, so the engine cannot tell it from a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 
@@ -13,7 +12,7 @@ from bot.bars import Bar
 from bot.brokers import BrokerStatus
 from bot.brokers.sim import SimBroker, SimBrokerConfig
 from bot.errors import BrokerError
-from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, OrderUpdate, Side
+from bot.orders import BrokerOrder, Fill, OrderIntent, Side
 
 
 class ScriptedBroker(SimBroker):
@@ -70,43 +69,14 @@ class ScriptedBroker(SimBroker):
 
     def observe_bars(self, bars: Sequence[Bar]) -> None:
         """Fill the next part of every order placed before these bars opened."""
-        by_symbol = {bar.symbol: bar for bar in bars}
-        self._last.update(by_symbol)
-        for cid, order in list(self._open.items()):
-            intent = order.intent
-            bar = by_symbol.get(intent.symbol)
-            if bar is None or bar.ts <= intent.bar_ts:
-                continue
+        self._last.update({bar.symbol: bar for bar in bars})
+        for order, bar in self._due(bars):
+            cid = order.intent.client_order_id
             part = self._parts.get(cid, 0)
             self._parts[cid] = part + 1
-            last = part >= len(self.partials) - 1
-            qty = (
-                order.remaining
-                if last
-                else (intent.qty * self.partials[part]).quantize(intent.qty, ROUND_DOWN)
-            )
-            if qty <= 0:
-                continue
-            price = self.fill_price(intent.side, bar.open)
-            fill = Fill(
-                f"simfill-{cid}-{part}",
-                cid,
-                intent.symbol,
-                intent.side,
-                qty,
-                price,
-                self.commission(qty, price),
-                bar.ts,
-            )
-            filled = order.filled_qty + qty
-            status = OrderStatus.FILLED if filled >= intent.qty else OrderStatus.PARTIALLY_FILLED
-            if status is OrderStatus.FILLED:
-                del self._open[cid]
-            else:
-                self._open[cid] = replace(order, filled_qty=filled, status=status)
-            state = BrokerOrder(cid, "sim-" + cid, status, filled_qty=filled, avg_fill_price=price)
-            self._orders[cid] = state
-            self._ledger.apply(fill)
-            self._fills.append(fill)
-            if not self.silent:
-                self.events.put(OrderUpdate(state, bar.ts, fill))
+            share = (order.intent.qty * self.partials[part]).quantize(order.intent.qty, ROUND_DOWN)
+            qty = order.remaining if part >= len(self.partials) - 1 else share
+            if qty > 0:
+                update = self._execute(order, bar, qty, f"simfill-{cid}-{part}")
+                if not self.silent:
+                    self.events.put(update)

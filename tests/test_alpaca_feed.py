@@ -105,6 +105,16 @@ class Consumer:
         await self.feed.close()
 
 
+async def streaming(fake: FakeAlpaca, live: list[MinuteBar], **overrides: Any) -> Consumer:
+    """A started feed streaming from the hour before the live minutes, connected and subscribed."""
+    feed = feed_for(fake, **overrides)
+    await feed.start()
+    feed.resume_from({"BTC/USD": live[0].t - HOUR})
+    consumer = Consumer(feed)
+    await asyncio.sleep(0.3)
+    return consumer
+
+
 async def publish(fake: FakeAlpaca, bars: list[MinuteBar]) -> None:
     for bar in bars:
         fake.publish("BTC/USD", bar)
@@ -149,11 +159,7 @@ def test_a_dropped_socket_is_backfilled_from_rest_without_duplicates(
     fake, live = market
 
     async def scenario() -> None:
-        feed = feed_for(fake, grace_seconds=1.0)
-        await feed.start()
-        feed.resume_from({"BTC/USD": live[0].t - HOUR})
-        consumer = Consumer(feed)
-        await asyncio.sleep(0.3)
+        consumer = await streaming(fake, live, grace_seconds=1.0)
         await publish(fake, live[:20])
         assert fake.drop_data_connections() == 1
         await publish(fake, live[20:45])  # sent while nobody listens: the stream never hears of these
@@ -174,11 +180,7 @@ def test_corrections_before_and_after_a_bar_is_sent(market: tuple[FakeAlpaca, li
     fake, live = market
 
     async def scenario() -> None:
-        feed = feed_for(fake)
-        await feed.start()
-        feed.resume_from({"BTC/USD": live[0].t - HOUR})
-        consumer = Consumer(feed)
-        await asyncio.sleep(0.3)
+        consumer = await streaming(fake, live)
         await publish(fake, live[:50])
         first = live[10]
         fake.publish_update(
@@ -205,11 +207,7 @@ def test_a_silent_socket_is_alerted_and_reconnected(market: tuple[FakeAlpaca, li
     fake, live = market
 
     async def scenario() -> None:
-        feed = feed_for(fake, silence_seconds=0.5)
-        await feed.start()
-        feed.resume_from({"BTC/USD": live[0].t - HOUR})
-        consumer = Consumer(feed)
-        await asyncio.sleep(0.3)
+        consumer = await streaming(fake, live, silence_seconds=0.5)
         await publish(fake, live[:5])
         connections = fake.data_connections
         fake.mute_data(True)

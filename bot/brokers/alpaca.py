@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,6 +25,7 @@ from bot.errors import BrokerError, BrokerUnavailableError, ConfigError, Operati
 from bot.logs import get_logger
 from bot.orders import BrokerOrder, Fill, OpenOrder, OrderIntent, OrderStatus, OrderUpdate
 from bot.settings import SymbolRules, check_paper_url
+from bot.venues.alpaca_json import fill_from_activity, fill_from_event, order_from, parse_time
 from bot.venues.base import VenueError
 
 if TYPE_CHECKING:
@@ -164,8 +165,6 @@ class AlpacaBroker:
 
     async def on_update(self, message: dict[str, Any]) -> None:
         """A trade update: the order's state, and the execution when it filled."""
-        from bot.venues.alpaca import fill_from_event, order_from, parse_time  # noqa: PLC0415  (loaded)
-
         data = message.get("data", message)
         raw = data["order"]
         symbol = self._ours.get(raw["symbol"], raw["symbol"])
@@ -218,8 +217,7 @@ class AlpacaBroker:
     async def submit(self, intent: OrderIntent) -> BrokerOrder:
         """POST the order once (see the module's docstring for what each answer means)."""
         cid = intent.client_order_id
-        if self._stream is not None and not self._up.is_set():
-            raise BrokerUnavailableError("Alpaca's trade_updates stream is down: nothing sent")
+        self._require_stream()
         for attempt in range(self._config.rate_limit_retries + 1):
             try:
                 order = await self._rest.submit(
@@ -240,6 +238,11 @@ class AlpacaBroker:
             return self._remember(order)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _require_stream(self) -> None:
+        """No submit or cancel while the trade_updates stream is down: its answer would go unheard."""
+        if self._stream is not None and not self._up.is_set():
+            raise BrokerUnavailableError("Alpaca's trade_updates stream is down: nothing sent")
+
     def _remember(self, order: BrokerOrder) -> BrokerOrder:
         if order.broker_order_id is not None:
             self._cids[order.broker_order_id] = order.client_order_id
@@ -249,8 +252,7 @@ class AlpacaBroker:
 
     async def cancel(self, client_order_id: str) -> BrokerOrder:
         """Cancel an open order; the cancellation itself arrives as an update."""
-        if self._stream is not None and not self._up.is_set():
-            raise BrokerUnavailableError("Alpaca's trade_updates stream is down: nothing sent")
+        self._require_stream()
         order = await self.order_by_client_id(client_order_id)
         if order is None or order.broker_order_id is None:
             return BrokerOrder(client_order_id, None, OrderStatus.REJECTED, reason="unknown order")
@@ -264,50 +266,37 @@ class AlpacaBroker:
 
     async def order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """GET /v2/orders:by_client_order_id; None when Alpaca never received it."""
-        try:
+        with _asking(f"look up {client_order_id}"):
             order = await self._rest.order_by_client_id(client_order_id)
-        except VenueError as exc:
-            raise BrokerError(f"look up {client_order_id}: {exc}") from None
         return None if order is None else self._remember(order)
 
     async def open_orders(self) -> list[BrokerOrder]:
         """Every open order of the account."""
-        try:
+        with _asking("open orders"):
             return await self._rest.open_orders()
-        except VenueError as exc:
-            raise BrokerError(f"open orders: {exc}") from None
 
     async def fills_since(self, ts: datetime) -> list[Fill]:
         """FILL activities from `ts` on, oldest first."""
-        from bot.venues.alpaca import fill_from_activity  # noqa: PLC0415  (loaded)
-
-        try:
-            rows = await self._rest.fills(ts - timedelta(seconds=1))  # `after` is exclusive; ids dedupe
-            fills = []
-            for row in rows:
+        fills = []
+        with _asking(f"fills since {ts.isoformat()}"):
+            for row in await self._rest.fills(ts - timedelta(seconds=1)):  # `after` is exclusive; ids dedupe
                 cid = self._cids.get(row["order_id"])
                 if cid is None:  # an order this run has not seen: Alpaca knows whose it is
                     cid = str((await self._rest.order(row["order_id"]))["client_order_id"])
                     self._cids[row["order_id"]] = cid
                 fills.append(fill_from_activity(row, cid, self._ours.get(row["symbol"], row["symbol"])))
-        except VenueError as exc:
-            raise BrokerError(f"fills since {ts.isoformat()}: {exc}") from None
         return [f for f in fills if f.ts >= ts]
 
     async def positions(self) -> dict[str, Decimal]:
         """Signed quantity by symbol (crypto under paperbot's spelling)."""
-        try:
+        with _asking("positions"):
             rows = await self._rest.positions()
-        except VenueError as exc:
-            raise BrokerError(f"positions: {exc}") from None
         return {self._ours.get(r["symbol"], r["symbol"]): Decimal(str(r["qty"])) for r in rows}
 
     async def account(self) -> Account:
         """Cash and positions."""
-        try:
+        with _asking("account"):
             account = await self._rest.account()
-        except VenueError as exc:
-            raise BrokerError(f"account: {exc}") from None
         return Account(Decimal(str(account["cash"])), await self.positions())
 
     def market_rules(self, symbol: str) -> SymbolRules | None:
@@ -326,6 +315,16 @@ class AlpacaBroker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+
+@contextlib.contextmanager
+def _asking(what: str) -> Iterator[None]:
+    """A question to Alpaca: an answer that is not one (an error, no answer) is a BrokerError, and what it
+    was about stays as it was until it can be asked again."""
+    try:
+        yield
+    except VenueError as exc:
+        raise BrokerError(f"{what}: {exc}") from None
 
 
 def _places(step: Decimal) -> int:

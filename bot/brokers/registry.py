@@ -12,7 +12,9 @@ from bot.brokers.alpaca import AlpacaBrokerConfig
 from bot.brokers.sim import SimBrokerConfig
 from bot.settings import kind_of
 
+DEFAULT_KIND = "sim"  # when the section leaves `kind` out
+
 BrokerConfig = Annotated[
     Annotated[SimBrokerConfig, Tag("sim")] | Annotated[AlpacaBrokerConfig, Tag("alpaca")],
-    kind_of("sim"),
+    kind_of(DEFAULT_KIND),
 ]

@@ -4,6 +4,7 @@ commission, so a decision made at a bar's close never trades at a price it alrea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -139,32 +140,36 @@ class SimBroker:
 
     def observe_bars(self, bars: Sequence[Bar]) -> None:
         """Fill every open order of these symbols that was placed before the bar opened, as events."""
+        for order, bar in self._due(bars):
+            cid = order.intent.client_order_id
+            self._events.put(self._execute(order, bar, order.remaining, "simfill-" + cid))
+
+    def _due(self, bars: Sequence[Bar]) -> list[tuple[OpenOrder, Bar]]:
+        """The open orders these bars can fill: a bar of their symbol that opened after their decision."""
         by_symbol = {bar.symbol: bar for bar in bars}
-        for cid, order in list(self._open.items()):
-            intent = order.intent
-            bar = by_symbol.get(intent.symbol)
-            if bar is None or bar.ts <= intent.bar_ts:
-                continue
-            price = self.fill_price(intent.side, bar.open)
-            qty = order.remaining
-            fill = Fill(
-                broker_fill_id="simfill-" + cid,
-                client_order_id=cid,
-                symbol=intent.symbol,
-                side=intent.side,
-                qty=qty,
-                price=price,
-                commission=self.commission(qty, price),
-                ts=bar.ts,
-            )
+        return [
+            (order, bar)
+            for order in list(self._open.values())
+            if (bar := by_symbol.get(order.intent.symbol)) is not None and bar.ts > order.intent.bar_ts
+        ]
+
+    def _execute(self, order: OpenOrder, bar: Bar, qty: Decimal, fill_id: str) -> OrderUpdate:
+        """Fill `qty` of `order` at `bar`'s open, moved by the slippage: the books, and the event."""
+        intent = order.intent
+        cid = intent.client_order_id
+        price = self.fill_price(intent.side, bar.open)
+        fill = Fill(fill_id, cid, intent.symbol, intent.side, qty, price, self.commission(qty, price), bar.ts)
+        filled = order.filled_qty + qty
+        status = OrderStatus.FILLED if filled >= intent.qty else OrderStatus.PARTIALLY_FILLED
+        if status is OrderStatus.FILLED:
             del self._open[cid]
-            filled = BrokerOrder(
-                cid, "sim-" + cid, OrderStatus.FILLED, filled_qty=intent.qty, avg_fill_price=price
-            )
-            self._orders[cid] = filled
-            self._ledger.apply(fill)
-            self._fills.append(fill)
-            self._events.put(OrderUpdate(filled, bar.ts, fill))
+        else:
+            self._open[cid] = replace(order, filled_qty=filled, status=status)
+        state = BrokerOrder(cid, "sim-" + cid, status, filled_qty=filled, avg_fill_price=price)
+        self._orders[cid] = state
+        self._ledger.apply(fill)
+        self._fills.append(fill)
+        return OrderUpdate(state, bar.ts, fill)
 
     def market_rules(self, symbol: str) -> SymbolRules | None:
         """The simulator has no venue rules: the config's apply."""

@@ -23,7 +23,7 @@ from bot.bars import Bar
 from bot.clock import VenueClock
 from bot.errors import ConfigError
 from bot.feeds.base import BarRevision, FeedContext, FeedItem, FeedSettings
-from bot.feeds.sessions import DAY, Period, Periods, aggregate, supported
+from bot.feeds.sessions import DAY, Calendar, Period, Periods, aggregate, supported
 from bot.logs import get_logger
 from bot.settings import check_paper_url
 from bot.venues.base import VenueError
@@ -132,11 +132,12 @@ class AlpacaFeed:
         self._data_api = data_api
         self._stream = stream(self)
         self._clock = VenueClock()
-        self._stock = config.asset_class == "stock"
         self._groups: dict[timedelta, list[str]] = {}
         for symbol, timeframe in context.symbols.items():
             self._groups.setdefault(timeframe, []).append(symbol)
-        self._periods = {tf: Periods(tf, self._stock) for tf in self._groups}
+        # Crypto trades around the clock; stocks in the sessions of Alpaca's calendar.
+        self._calendar = Calendar() if config.asset_class == "stock" else None
+        self._periods = {tf: Periods(tf, self._calendar) for tf in self._groups}
         self._timeframe = dict(context.symbols)
         self._minutes: dict[str, dict[datetime, Bar]] = {s: {} for s in context.symbols}
         self._sent: dict[str, datetime] = {}  # the start of the last period sent (or handled) per symbol
@@ -160,9 +161,8 @@ class AlpacaFeed:
         """Read Alpaca's clock (an error, bad keys say, stops the start) and, for stocks, the calendar."""
         try:
             await self._sync_clock()
-            if self._stock:
-                now = self._clock.now()
-                await self._ensure_sessions(now - timedelta(days=10), now)
+            now = self._clock.now()
+            await self._ensure_sessions(now - timedelta(days=10), now)
         except VenueError as exc:
             if exc.temporary:
                 raise
@@ -183,12 +183,8 @@ class AlpacaFeed:
 
     async def _ensure_sessions(self, start: datetime, end: datetime) -> None:
         """Make sure the calendar spans [start, end] (and a week beyond, for the next opens)."""
-        for periods in self._periods.values():
-            if not periods.covers(start, end):
-                sessions = await self._clock_api.calendar((start - DAY).date(), (end + 7 * DAY).date())
-                for each in self._periods.values():
-                    each.add_sessions(sessions)
-                return
+        if self._calendar is not None and not self._calendar.covers(start, end):
+            self._calendar.add(await self._clock_api.calendar((start - DAY).date(), (end + 7 * DAY).date()))
 
     def resume_from(self, last_seen: Mapping[str, datetime]) -> None:
         """Send only bars after these per-symbol open times."""
@@ -335,8 +331,7 @@ class AlpacaFeed:
         bars: list[Bar] = []
         now = self._clock.now()
         for tf, symbols in self._groups.items():
-            if self._stock:
-                await self._ensure_sessions(self._done[tf], now)
+            await self._ensure_sessions(self._done[tf], now)
             periods: list[Period] = []
             while (
                 period := self._periods[tf].after(periods[-1].end if periods else self._done[tf])
@@ -414,18 +409,14 @@ class AlpacaFeed:
             await self._stream.reconnect()
 
     def _market_open(self) -> bool:
-        if not self._stock:
-            return True
-        now = self._clock.now()
-        return any(p.session_at(now) is not None for p in self._periods.values())
+        return self._calendar is None or self._calendar.session_at(self._clock.now()) is not None
 
     async def history(self, symbol: str, start: datetime, end: datetime) -> list[Bar]:
         """Closed bars of `symbol` with start <= ts < end, built from REST minutes as the stream's are."""
         tf = self._timeframe[symbol]
         periods = self._periods[tf]
         now = self._clock.now()
-        if self._stock:
-            await self._ensure_sessions(start, min(end, now))
+        await self._ensure_sessions(start, min(end, now))
         minutes = (await self._data_api.minutes([symbol], start, min(end, now)))[symbol]
         spans: dict[Period, list[Bar]] = {}
         for minute in minutes:

@@ -11,7 +11,9 @@ from bot.feeds.alpaca import AlpacaFeedConfig
 from bot.feeds.replay import ReplayFeedConfig
 from bot.settings import kind_of
 
+DEFAULT_KIND = "replay"  # when the section leaves `kind` out
+
 FeedConfig = Annotated[
     Annotated[ReplayFeedConfig, Tag("replay")] | Annotated[AlpacaFeedConfig, Tag("alpaca")],
-    kind_of("replay"),
+    kind_of(DEFAULT_KIND),
 ]

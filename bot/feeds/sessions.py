@@ -49,36 +49,48 @@ def _floor(ts: datetime, step: timedelta) -> datetime:
     return ts - (ts - _EPOCH) % step
 
 
-class Periods:
-    """The periods of one timeframe; for stocks, within the sessions it has been given."""
+class Calendar:
+    """A venue's regular sessions, learnt from its calendar as they are needed."""
 
-    def __init__(self, timeframe: timedelta, stock: bool) -> None:
-        self.timeframe = timeframe
-        self._stock = stock
+    def __init__(self) -> None:
         self._sessions: list[Session] = []
         self._closes: list[datetime] = []
 
-    def add_sessions(self, sessions: Iterable[Session]) -> None:
-        """Learn sessions (from the venue's calendar); repeats are ignored."""
+    def add(self, sessions: Iterable[Session]) -> None:
+        """Learn sessions; repeats are ignored."""
         known = {s.day for s in self._sessions}
-        self._sessions = sorted(
-            [*self._sessions, *(s for s in sessions if s.day not in known)], key=lambda s: s.open
-        )
+        fresh = [s for s in sessions if s.day not in known]
+        self._sessions = sorted([*self._sessions, *fresh], key=lambda s: s.open)
         self._closes = [s.close for s in self._sessions]
 
     def session_at(self, ts: datetime) -> Session | None:
         """The session trading at `ts`, if any."""
+        session = self.next_close(ts)
+        return session if session is not None and session.open <= ts else None
+
+    def next_close(self, ts: datetime) -> Session | None:
+        """The first session that closes after `ts`, if one is known."""
         i = bisect.bisect_right(self._closes, ts)
-        if i < len(self._sessions) and self._sessions[i].open <= ts:
-            return self._sessions[i]
-        return None
+        return self._sessions[i] if i < len(self._sessions) else None
+
+    def covers(self, start: datetime, end: datetime) -> bool:
+        """Whether the sessions known span [start, end]."""
+        return bool(self._sessions) and self._sessions[0].open <= start and self._sessions[-1].close >= end
+
+
+class Periods:
+    """The periods of one timeframe: around the clock, or within a calendar's sessions."""
+
+    def __init__(self, timeframe: timedelta, calendar: Calendar | None) -> None:
+        self.timeframe = timeframe
+        self._calendar = calendar
 
     def of(self, minute: datetime) -> Period | None:
-        """The period a minute starting at `minute` belongs to; None outside every session (stocks)."""
-        if not self._stock:
+        """The period a minute starting at `minute` belongs to; None outside every session."""
+        if self._calendar is None:
             start = _floor(minute, self.timeframe)
             return Period(start, start + self.timeframe)
-        session = self.session_at(minute)
+        session = self._calendar.session_at(minute)
         if session is None:
             return None
         if self.timeframe >= DAY:
@@ -88,30 +100,11 @@ class Periods:
         return Period(start, min(start + self.timeframe, session.close))
 
     def after(self, instant: datetime) -> Period | None:
-        """The first period that ends after `instant`; None past the sessions known (stocks)."""
-        if not self._stock:
-            start = _floor(instant, self.timeframe)
-            return Period(start, start + self.timeframe)
-        i = bisect.bisect_right(self._closes, instant)
-        if i == len(self._sessions):
-            return None
-        session = self._sessions[i]
-        return self.of(max(instant, session.open))
-
-    def between(self, start: datetime, end: datetime) -> list[Period]:
-        """Every period ending after `start` and at or before `end`, in order."""
-        periods: list[Period] = []
-        period = self.after(start)
-        while period is not None and period.end <= end:
-            periods.append(period)
-            period = self.after(period.end)
-        return periods
-
-    def covers(self, start: datetime, end: datetime) -> bool:
-        """Whether the sessions known span [start, end] (always, for crypto)."""
-        if not self._stock:
-            return True
-        return bool(self._sessions) and self._sessions[0].open <= start and self._sessions[-1].close >= end
+        """The first period that ends after `instant`; None past the sessions known."""
+        if self._calendar is None:
+            return self.of(instant)
+        session = self._calendar.next_close(instant)
+        return None if session is None else self.of(max(instant, session.open))
 
 
 def aggregate(symbol: str, period: Period, minutes: Sequence[Bar], timeframe: timedelta) -> Bar | None:

@@ -41,25 +41,14 @@ from alpaca.trading.stream import TradingStream
 from bot.bars import Bar
 from bot.errors import ConfigError
 from bot.feeds.sessions import NEW_YORK, Session
-from bot.orders import BrokerOrder, Fill, OrderStatus, Side
+from bot.orders import BrokerOrder, Side
+from bot.venues.alpaca_json import order_from, parse_time
 from bot.venues.base import VenueError
 
 KEY_ENV = "APCA_API_KEY_ID"
 SECRET_ENV = "APCA_API_SECRET_KEY"
 MINUTE = timedelta(minutes=1)
 
-# Alpaca's order states, in paperbot's words: everything still working is NEW.
-_STATUS = {
-    "partially_filled": OrderStatus.PARTIALLY_FILLED,
-    "filled": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELED,
-    "done_for_day": OrderStatus.CANCELED,
-    "replaced": OrderStatus.CANCELED,
-    "expired": OrderStatus.EXPIRED,
-    "rejected": OrderStatus.REJECTED,
-    "suspended": OrderStatus.REJECTED,
-}
-_FRACTION = re.compile(r"(\.\d{6})\d+")  # Alpaca sends nanoseconds; datetime keeps microseconds
 _TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -77,64 +66,6 @@ def keys_from_env(section: str) -> Keys:
     if not key_id or not secret:
         raise ConfigError(section, f"Alpaca needs {KEY_ENV} and {SECRET_ENV} in the environment")
     return Keys(key_id, secret)
-
-
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 time from Alpaca (nanoseconds, 'Z' or an offset) as an aware UTC datetime."""
-    return datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00")).astimezone(UTC)
-
-
-def _number(value: Any) -> Decimal:
-    return Decimal(str(value))
-
-
-def fill_id(order_id: str, cumulative: Decimal) -> str:
-    """One execution's id, the same from the trade stream and from the activities endpoint: the order and
-    how much of it had filled after it (both paths report both; their own ids differ in form)."""
-    return f"{order_id}:{format(cumulative.normalize(), 'f')}"
-
-
-def order_from(data: Mapping[str, Any]) -> BrokerOrder:
-    """An order JSON as paperbot's BrokerOrder."""
-    avg = data.get("filled_avg_price")
-    return BrokerOrder(
-        client_order_id=data["client_order_id"],
-        broker_order_id=data["id"],
-        status=_STATUS.get(data["status"], OrderStatus.NEW),
-        filled_qty=_number(data.get("filled_qty") or 0),
-        avg_fill_price=None if avg is None else _number(avg),
-    )
-
-
-def fill_from_event(data: Mapping[str, Any], symbol: str) -> Fill | None:
-    """The execution of a trade update (fill or partial_fill), None for other events."""
-    if data.get("event") not in ("fill", "partial_fill"):
-        return None
-    order = data["order"]
-    return Fill(
-        broker_fill_id=fill_id(order["id"], _number(order["filled_qty"])),
-        client_order_id=order["client_order_id"],
-        symbol=symbol,
-        side=Side(order["side"]),
-        qty=_number(data["qty"]),
-        price=_number(data["price"]),
-        commission=Decimal(0),
-        ts=parse_time(data["timestamp"]),
-    )
-
-
-def fill_from_activity(data: Mapping[str, Any], client_order_id: str, symbol: str) -> Fill:
-    """A FILL account activity as an execution."""
-    return Fill(
-        broker_fill_id=fill_id(data["order_id"], _number(data["cum_qty"])),
-        client_order_id=client_order_id,
-        symbol=symbol,
-        side=Side(data["side"]),
-        qty=_number(data["qty"]),
-        price=_number(data["price"]),
-        commission=Decimal(0),
-        ts=parse_time(data["transaction_time"]),
-    )
 
 
 def minute_bar(symbol: str, data: Mapping[str, Any]) -> Bar:

@@ -14,7 +14,7 @@ from pydantic import Field, StrictBool, ValidationError, ValidationInfo, field_v
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from bot.bars import parse_timeframe, utc
+from bot.bars import BarGuardConfig, parse_timeframe, utc
 from bot.brokers.registry import DEFAULT_KIND as DEFAULT_BROKER
 from bot.brokers.registry import BrokerConfig
 from bot.errors import ConfigError
@@ -329,6 +329,7 @@ class AppConfig(Section):
     feed: FeedConfig
     broker: BrokerConfig = Field(default_factory=lambda: {"kind": DEFAULT_BROKER}, validate_default=True)
     reconciliation: ReconciliationSettings = ReconciliationSettings()
+    guard: BarGuardConfig = BarGuardConfig()
     strategies: Annotated[list[StrategyConfig], Field(min_length=1)]
 
     def strategy(self, name: str | None) -> StrategyConfig:

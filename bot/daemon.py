@@ -189,7 +189,7 @@ async def _start_and_serve(
                 catalog.activate(sessions, loaded.card.name, loaded.card.version)
         journal.start_run(command, config_digest(config_path))
         state = journal.load_state()
-        broker.restore(state.fills, state.open_orders)
+        broker.restore(state.fills, state.open_orders, state.splits)
         engine = Engine(
             feed,
             broker,
@@ -200,6 +200,7 @@ async def _start_and_serve(
             config=EngineConfig(
                 batch_linger_seconds=config.daemon.batch_linger_seconds,
                 reconciliation=config.reconciliation,
+                guard=config.guard,
             ),
             on_batch=on_batch,
         )

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bot.alerts import Alert, AlertKind, Severity
-from bot.bars import Bar, BarGuard, BarRejection
+from bot.bars import Bar, BarGuard, BarGuardConfig, BarRejection, Jump
 from bot.batching import Batcher, Instant
 from bot.brokers import Broker, BrokerEvent, BrokerStatus
 from bot.config import ReconciliationSettings, StrategyConfig
@@ -31,7 +31,7 @@ from bot.errors import BrokerError, BrokerUnavailableError, TemporaryError
 from bot.features import FeatureEngine
 from bot.feeds import BarRevision, Feed, FeedItem
 from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
-from bot.ledger import Ledger
+from bot.ledger import Ledger, Split
 from bot.logs import get_logger
 from bot.model import Prediction
 from bot.model.forecaster import Forecaster
@@ -76,12 +76,14 @@ _MAX_BACKOFF = 60.0  # seconds between retries of a reconciliation the broker co
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """How long an instant waits for the rest of its bars (market time), how far back warm-up may look,
-    how often (wall clock) to look for operator halts and resumes, and how reconciliation judges."""
+    how often (wall clock) to look for operator halts and resumes, how reconciliation judges, and what
+    the bar guard lets through."""
 
     batch_linger_seconds: float = 0.25
     warmup_max_days: int = 3650
     operator_poll_seconds: float = 1.0
     reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
+    guard: BarGuardConfig = field(default_factory=BarGuardConfig)
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Engine:
             market = {s: r for s in rt.config.symbols if (r := broker.market_rules(s)) is not None}
             if market:
                 rt.risk = rt.risk.with_market(market)
-        self._guard = BarGuard()
+        self._guard = BarGuard(self._config.guard)
         self._batcher = Batcher(
             [rt.config.symbols for rt in self._runtimes], timedelta(seconds=self._config.batch_linger_seconds)
         )
@@ -181,14 +183,15 @@ class Engine:
         return self._seen if venue is None else max(self._seen, venue)
 
     def restore(self, state: BookState) -> None:
-        """Continue a book: ledger from its fills, marks and guard from its last bars, states, open orders."""
+        """Continue a book: ledger from its fills and splits, marks and guard from its last bars, states,
+        open orders."""
+        self.ledger = Ledger.from_fills(self.ledger.starting_cash, state.fills, state.splits)
         for fill in state.fills:
-            self.ledger.apply(fill)
             self._fill_ids.add(fill.broker_fill_id)
             self._last_fill_ts = _latest(self._last_fill_ts, fill.ts)
         for symbol, (ts, close) in state.last_bars.items():
             self.marks[symbol] = close
-            self._guard.seed(symbol, ts)
+            self._guard.seed(symbol, ts, float(close))
             self._last_ts[symbol] = ts
             self._seen = _latest(self._seen, ts + self._interval_of(symbol))
         for rt in self._runtimes:
@@ -208,8 +211,8 @@ class Engine:
         (a live book's first run) now on the market clock.
 
         Bars pass a scratch guard exactly as they would have live, so the windows equal those of a run
-        that never stopped."""
-        scratch = BarGuard()
+        that never stopped; a new symbol's guard then starts from the last bar accepted there."""
+        scratch = BarGuard(self._config.guard)
         resume = dict(last_bars)
         live_now = self.market_now() if self._feed.clock is not None else None
         for rt in self._runtimes:
@@ -229,12 +232,14 @@ class Engine:
                         break
                     span *= 2
                 for bar in bars:
-                    if scratch.check(bar) is None:
-                        rt.features.update(bar)
-                        rt.forecaster.observe(bar)
-                        rt.sizer.observe_bar(bar.symbol, bar.open, bar.close)
-                if bars and symbol not in resume:
-                    resume[symbol] = bars[-1].ts
+                    for good in scratch.take(bar).accepted:
+                        rt.features.update(good)
+                        rt.forecaster.observe(good)
+                        rt.sizer.observe_bar(good.symbol, good.open, good.close)
+                last_ts, last_close = scratch.last_ts(symbol), scratch.last_close(symbol)
+                if symbol not in resume and last_ts is not None:
+                    resume[symbol] = last_ts
+                    self._guard.seed(symbol, last_ts, last_close)
         self._feed.resume_from(resume)
         self._log.info(
             "warmed_up", symbols={s: rt.features.ready(s) for rt in self._runtimes for s in rt.config.symbols}
@@ -602,23 +607,14 @@ class Engine:
         """Every stage, for the bars that closed at one instant."""
         now = instant.close
         record = BatchRecord(ts=now)
-        accepted: list[Bar] = []
-        for bar in instant.bars:
-            rejection = self._guard.check(bar)
-            if rejection is None:
-                accepted.append(bar)
-            else:
-                record.alerts.append(self._rejected(rejection, now))
-        accepted = [b for b in accepted if b.symbol in self._owner]
+        accepted = self._guarded(instant.bars, now, record)
         record.bars = accepted
         record.timeframes = {b.symbol: self._owner[b.symbol].config.timeframe for b in accepted}
 
         self._sync_operator()
         self._broker.observe_bars(accepted)
         self._handle_events(self._broker.events.drain(), record)
-        contexts = self._bar_contexts(accepted, instant.arrived)
-        for bar in accepted:
-            self.marks[bar.symbol] = stored(to_decimal(bar.close))
+        contexts = self._advance(accepted, instant.arrived)
         equity = self.equity_point(now).equity
         for rt in self._runtimes:
             for change in rt.tracker.update(equity, now):
@@ -630,7 +626,8 @@ class Engine:
         for rt in self._runtimes:
             own = [b for b in accepted if b.symbol in rt.config.symbols]
             if own:
-                intents.extend(self._flatten(rt, own, equity, record, contexts))
+                current = [b for b in own if b.close_time == now]  # a released bar's instant is past
+                intents.extend(self._flatten(rt, current, equity, record, contexts))
                 intents.extend(self._decide(rt, own, equity, record, contexts))
 
         self._journal.record_batch(record)
@@ -638,6 +635,23 @@ class Engine:
             await self._submit(intent)
         self.stats.batches += 1
         self.stats.bars += len(accepted)
+
+    def _guarded(self, bars: Sequence[Bar], now: datetime, record: BatchRecord) -> list[Bar]:
+        """The bars the guard accepts, in time order (a bar held for confirmation comes before this
+        instant's); its rejections, gaps and confirmed jumps go into the record."""
+        accepted: list[Bar] = []
+        for bar in bars:
+            verdict = self._guard.take(bar)
+            accepted.extend(b for b in verdict.accepted if b.symbol in self._owner)
+            record.alerts.extend(self._rejected(r, now) for r in verdict.rejected)
+            for gap in verdict.gaps:
+                days = gap.length.total_seconds() / 86_400
+                message = f"no bar for {days:.1f} days before this one (since {gap.previous.isoformat()})"
+                details = {"days": round(days, 3)}
+                record.alerts.append(self._bar_alert(gap.bar, AlertKind.DATA_GAP, message, now, details))
+            if verdict.jump is not None:
+                self._jumped(verdict.jump, now, record)
+        return accepted
 
     def _pending_qty(self) -> dict[str, Decimal]:
         """What open orders still add to each position: only their unfilled rest."""
@@ -695,10 +709,11 @@ class Engine:
             "trading_state", strategy=change.scope, state=change.state.value, reason=change.reason
         )
 
-    def _bar_contexts(self, bars: Sequence[Bar], arrived: datetime) -> dict[str, BarContext]:
-        """What the stale-data and price-band guards compare each bar with (read before marks move). A bar's
-        age is taken when its instant's first bar reached the engine, on the market clock: a replay's bars
-        are never stale, a live bar backfilled after an outage is."""
+    def _advance(self, bars: Sequence[Bar], arrived: datetime) -> dict[str, BarContext]:
+        """Move marks and last times to these bars, in order; return what the stale-data and price-band
+        guards compare each symbol's latest bar with (the bar before it). A bar's age is taken when its
+        instant's first bar reached the engine, on the market clock: a replay's bars are never stale, a
+        live bar backfilled after an outage is."""
         contexts = {}
         for bar in bars:
             contexts[bar.symbol] = BarContext(
@@ -710,7 +725,36 @@ class Engine:
                 bar.ts,
             )
             self._last_ts[bar.symbol] = bar.ts
+            self.marks[bar.symbol] = stored(to_decimal(bar.close))
         return contexts
+
+    def _jumped(self, jump: Jump, now: datetime, record: BatchRecord) -> None:
+        """A jump the next bars confirmed. A split scales the books (ledger, broker, open orders) before any
+        price at the new level reaches them, so nothing is marked across it; a real move is only told."""
+        details: dict[str, Any] = {"bar_ts": jump.ts.isoformat(), "before": jump.before, "after": jump.after}
+        if jump.split is None:
+            kind = AlertKind.PRICE_JUMP
+            message = f"x{jump.after / jump.before:.4g} jump from {jump.before:g}, confirmed: a real move"
+        else:
+            kind, ratio = AlertKind.SPLIT, jump.split
+            split = Split(jump.symbol, jump.ts, ratio)
+            self.ledger.split(split)
+            self._broker.apply_split(split)
+            for cid, order in self._pending.items():
+                if order.intent.symbol == jump.symbol:
+                    self._pending[cid] = order.split(ratio)
+            record.splits.append(jump)
+            record.positions.append(self.ledger.position(jump.symbol))
+            details["ratio"] = str(ratio)
+            message = (
+                f"split {ratio.numerator}:{ratio.denominator} (open {jump.after:g} after a close of"
+                f" {jump.before:g}): position and open orders scaled by {ratio}"
+            )
+        owner = self._owner.get(jump.symbol)
+        self._log.warning(kind.value, symbol=jump.symbol, message=message, **details)
+        record.alerts.append(
+            Alert(now, Severity.WARNING, kind, message, owner.name if owner else None, jump.symbol, details)
+        )
 
     def _view(self, rt: StrategyRuntime, equity: Decimal, now: datetime) -> PortfolioView:
         today, this_second = self._orders[rt.name].counts(now, rt.tracker.day_start)
@@ -783,6 +827,8 @@ class Engine:
         record: BatchRecord,
         contexts: dict[str, BarContext],
     ) -> list[OrderIntent]:
+        """Feed the strategy's stages these bars in order; decide on those of the batch's instant (a bar
+        held for confirmation is history: its instant is past)."""
         ready: list[Bar] = []
         for bar in bars:
             rt.sizer.observe_bar(bar.symbol, bar.open, bar.close)
@@ -792,6 +838,8 @@ class Engine:
             rt.forecaster.observe(bar)
             is_ready = rt.features.update(bar)
             record.alerts.extend(self._outlier_alerts(rt, bar))
+            if bar.close_time != record.ts:
+                continue
             if is_ready:
                 ready.append(bar)
             else:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -18,8 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.alerts import Alert
-from bot.bars import Bar
-from bot.ledger import Position
+from bot.bars import Bar, Jump
+from bot.ledger import Position, Split
 from bot.orders import (
     BrokerOrder,
     Fill,
@@ -29,6 +30,7 @@ from bot.orders import (
     OrderUpdate,
     Side,
     money,
+    split_qty,
     stored,
     to_decimal,
 )
@@ -79,6 +81,7 @@ class BatchRecord:
     equity: EquityPoint | None = None
     trackers: list[TradingStateTracker] = field(default_factory=list)
     state_changes: list[TradingStateChange] = field(default_factory=list)
+    splits: list[Jump] = field(default_factory=list)  # confirmed jumps read as splits, applied to the books
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class BookState:
     trading_states: dict[str, SavedState]
     # (strategy, bar_ts) of the orders of the last days, so a restart keeps the day's order count.
     recent_orders: list[tuple[str, datetime]] = field(default_factory=list)
+    splits: list[Split] = field(default_factory=list)
 
 
 def saved_state(row: m.TradingState) -> SavedState:
@@ -166,6 +170,11 @@ def fill_from_row(row: m.Fill) -> Fill:
         row.commission,
         row.ts,
     )
+
+
+def split_from_row(row: m.Split) -> Split:
+    """The Split a splits row holds."""
+    return Split(row.symbol, row.ts, Fraction(row.new_shares, row.old_shares))
 
 
 class Journal:
@@ -285,7 +294,22 @@ class Journal:
                         )
                     )
                 ]
-            return BookState(book.starting_cash, fills, open_orders, last_bars, states, recent)
+            return BookState(
+                book.starting_cash, fills, open_orders, last_bars, states, recent, self._splits(session)
+            )
+
+    def _splits(self, session: Session) -> list[Split]:
+        return [
+            split_from_row(r)
+            for r in session.scalars(
+                select(m.Split).where(m.Split.book_id == self.book_id).order_by(m.Split.ts, m.Split.id)
+            )
+        ]
+
+    def splits(self) -> list[Split]:
+        """The splits applied to this book, oldest first."""
+        with self._sessions() as session:
+            return self._splits(session)
 
     def known_orders(self, client_order_ids: Iterable[str]) -> set[str]:
         """Which of these client order ids are orders of this book."""
@@ -320,6 +344,8 @@ class Journal:
     def record_batch(self, batch: BatchRecord) -> None:
         """Write one batch in one transaction."""
         with self._sessions.begin() as session:
+            for jump in batch.splits:  # first: the fills of this batch are at the new scale already
+                self._write_split(session, jump)
             self._write_updates(session, batch.updates)
             # positions and market_state are caches of the fills and the bars, kept in the same transaction.
             self._upsert(
@@ -374,6 +400,30 @@ class Journal:
             if batch.equity is not None:
                 self._write_equity(session, batch.equity, m.SnapshotKind.BAR)
             self._write_trackers(session, batch.trackers)
+
+    def _write_split(self, session: Session, jump: Jump) -> None:
+        """The split's row, and its symbol's open orders scaled as the engine scaled them."""
+        assert jump.split is not None
+        ratio = jump.split
+        session.add(
+            m.Split(
+                book_id=self.book_id,
+                symbol=jump.symbol,
+                ts=jump.ts,
+                new_shares=ratio.numerator,
+                old_shares=ratio.denominator,
+                before_close=stored(to_decimal(jump.before)),
+                after_open=stored(to_decimal(jump.after)),
+            )
+        )
+        for row in session.scalars(
+            select(m.Order).where(
+                m.Order.book_id == self.book_id,
+                m.Order.symbol == jump.symbol,
+                m.Order.status.in_([s.value for s in OrderStatus if s.is_open]),
+            )
+        ):
+            row.qty, row.filled_qty = split_qty(row.qty, ratio), split_qty(row.filled_qty, ratio)
 
     def _write_updates(self, session: Session, updates: Sequence[OrderUpdate]) -> None:
         """Each fill a row (the engine passes each broker fill id once), then the order's status."""

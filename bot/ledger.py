@@ -3,11 +3,23 @@ simulated broker alike, so the books can always be recomputed from the fills tab
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 
-from bot.orders import Fill
+from bot.orders import Fill, money, split_qty
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A stock split seen in the prices: from `ts` (the first bar at the new level) each old share is `ratio`
+    new ones (4 for a 4:1 split, 1/10 for a 1:10 reverse split)."""
+
+    symbol: str
+    ts: datetime
+    ratio: Fraction
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +44,19 @@ class Ledger:
         self.cash = self.starting_cash
 
     @classmethod
-    def from_fills(cls, starting_cash: Decimal, fills: Iterable[Fill]) -> Ledger:
-        """Rebuild the books from the fill history (a restart, or a report)."""
+    def from_fills(
+        cls, starting_cash: Decimal, fills: Iterable[Fill], splits: Sequence[Split] = ()
+    ) -> Ledger:
+        """Rebuild the books from the fill history and the splits (a restart, or a report). A split comes
+        before every fill at or after its bar: those fills are already at the new scale."""
         ledger = cls(starting_cash)
+        waiting = sorted(splits, key=lambda s: s.ts)
         for fill in fills:
+            while waiting and waiting[0].ts <= fill.ts:
+                ledger.split(waiting.pop(0))
             ledger.apply(fill)
+        for split in waiting:
+            ledger.split(split)
         return ledger
 
     def apply(self, fill: Fill) -> None:
@@ -53,6 +73,15 @@ class Ledger:
             avg = (avg * abs(old) + fill.price * fill.qty) / abs(new)
         self._qty[fill.symbol] = new
         self._avg[fill.symbol] = avg
+
+    def split(self, split: Split) -> None:
+        """Scale a position by a split: `ratio` times the shares at 1/`ratio` the entry price; cash stays."""
+        qty = self._qty.get(split.symbol, Decimal(0))
+        if qty != 0:
+            self._qty[split.symbol] = split_qty(qty, split.ratio)
+            self._avg[split.symbol] = money(
+                self._avg[split.symbol] * split.ratio.denominator / split.ratio.numerator
+            )
 
     def qty(self, symbol: str) -> Decimal:
         """Signed position in `symbol` (0 when flat)."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from fractions import Fraction
 
 # Every amount is quantized to this many fractional digits before it is stored: the schema keeps 10,
 # so PostgreSQL and SQLite always hold the same number.
@@ -16,6 +17,12 @@ MONEY_PLACES = Decimal("1e-8")
 def money(value: Decimal) -> Decimal:
     """Round an amount (cash, price, commission) to the stored precision, half to even."""
     return value.quantize(MONEY_PLACES)
+
+
+def split_qty(qty: Decimal, ratio: Fraction) -> Decimal:
+    """A quantity after a split of `ratio` new shares per old one, at stored precision (a reverse split
+    may leave a fraction of a share, which the books keep, to 1e-8, instead of paying it out in cash)."""
+    return money(qty * ratio.numerator / ratio.denominator)
 
 
 STORED_PLACES = Decimal("1e-10")  # the schema's NUMERIC(30, 10)
@@ -107,6 +114,11 @@ class OpenOrder:
     def remaining(self) -> Decimal:
         """Quantity still to fill."""
         return self.intent.qty - self.filled_qty
+
+    def split(self, ratio: Fraction) -> OpenOrder:
+        """The order after a split of its symbol: `ratio` times the quantities, as a venue adjusts them."""
+        intent = replace(self.intent, qty=split_qty(self.intent.qty, ratio))
+        return replace(self, intent=intent, filled_qty=split_qty(self.filled_qty, ratio))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.journal import fill_from_row
+from bot.journal import fill_from_row, split_from_row
 from bot.ledger import Ledger
 from bot.orders import money
 from bot.store import models as m
@@ -157,7 +157,11 @@ def book_status(sessions: sessionmaker[Session], book_id: int) -> BookStatus:
     with sessions() as session:
         book = session.get_one(m.Book, book_id)
         fill_rows = list(session.scalars(select(m.Fill).where(m.Fill.book_id == book_id).order_by(m.Fill.id)))
-        ledger = Ledger.from_fills(book.starting_cash, (fill_from_row(r) for r in fill_rows))
+        splits = [
+            split_from_row(r)
+            for r in session.scalars(select(m.Split).where(m.Split.book_id == book_id).order_by(m.Split.ts))
+        ]
+        ledger = Ledger.from_fills(book.starting_cash, (fill_from_row(r) for r in fill_rows), splits)
         market = list(session.scalars(select(m.MarketState).where(m.MarketState.book_id == book_id)))
         marks = {r.symbol: r.last_close for r in market}
         positions = {s: p.qty for s, p in ledger.positions().items()}

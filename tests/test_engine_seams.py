@@ -20,6 +20,7 @@ from sqlalchemy import select
 from bot.config import load_config
 from bot.daemon import run_daemon
 from bot.engine import Engine
+from bot.ledger import Split
 from bot.orders import Fill, OpenOrder
 from bot.store import models as m
 from bot.store.db import make_engine, session_factory, upgrade
@@ -170,8 +171,10 @@ def test_a_position_changed_behind_the_daemons_back_halts_until_reconciled(
 class InterruptedStart(ScriptedBroker):
     """Ctrl-C arrives while the daemon restores the book: after its run row is open, before any trade."""
 
-    def restore(self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder]) -> None:
-        super().restore(fills, open_orders)
+    def restore(
+        self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder], splits: Sequence[Split] = ()
+    ) -> None:
+        super().restore(fills, open_orders, splits)
         os.kill(os.getpid(), signal.SIGINT)
 
 

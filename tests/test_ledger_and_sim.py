@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
 from bot.bars import Bar
 from bot.brokers.base import Account
 from bot.brokers.sim import SimBroker, SimBrokerConfig
-from bot.ledger import Ledger, Position
+from bot.ledger import Ledger, Position, Split
 from bot.orders import (
     BrokerOrder,
     Fill,
@@ -427,3 +428,37 @@ def test_client_order_id_differs_by_every_input() -> None:
         "b" * 64, "x" * 48, "Y" * 32, T0.astimezone(timezone(timedelta(hours=14))), 10**9
     )
     assert len(long_names) == 32
+
+
+# --------------------------------------------------------------------------------------------- splits
+
+
+def test_a_split_scales_the_position_and_entry_and_replays_in_time_order() -> None:
+    ledger = Ledger(D(10_000))
+    ledger.apply(fill(Side.BUY, "10", "400", "1", n=0))
+    split = Split("AAPL", T0 + 2 * HOUR, Fraction(4))
+    ledger.split(split)
+    assert ledger.position("AAPL") == Position("AAPL", D(40), D(100))
+    assert ledger.cash == D(10_000) - D(4001)  # a split moves no cash
+    ledger.apply(fill(Side.SELL, "40", "101", "1", n=2))  # at the split bar: already the new scale
+    assert ledger.qty("AAPL") == 0
+    # Rebuilt from the history, the split goes before the fill of its own bar, whatever the list order.
+    rebuilt = Ledger.from_fills(
+        D(10_000), [fill(Side.BUY, "10", "400", "1", n=0), fill(Side.SELL, "40", "101", "1", n=2)], [split]
+    )
+    assert rebuilt.cash == ledger.cash and rebuilt.qty("AAPL") == 0
+    # A reverse split keeps the fraction of a share to 1e-8.
+    odd = Ledger(D(10_000))
+    odd.apply(fill(Side.BUY, "10", "5", "0", n=0))
+    odd.split(Split("AAPL", T0 + HOUR, Fraction(1, 3)))
+    assert odd.qty("AAPL") == D("3.33333333")
+
+
+def test_the_simulator_scales_an_open_order_by_a_split_and_fills_it_at_the_new_scale() -> None:
+    broker = SimBroker(SimBrokerConfig(slippage_bps=D(0), commission_bps=D(0)))
+    submit(broker, intent(Side.BUY, "10"))
+    broker.apply_split(Split("AAPL", T0 + HOUR, Fraction(4)))
+    split_bar = Bar("AAPL", T0 + HOUR, 100.0, 101.0, 99.0, 100.0, 1e6)
+    held = Bar("AAPL", T0 + 2 * HOUR, 200.0, 201.0, 199.0, 200.0, 1e6)
+    (filled,) = step(broker, split_bar, held)  # two bars of one symbol: the first one that opened after
+    assert (filled.qty, filled.price, filled.ts) == (D(40), D(100), T0 + HOUR)

@@ -51,6 +51,7 @@ TABLES = {
     "predictions",
     "risk_decisions",
     "runs",
+    "splits",
     "trading_state_events",
     "trading_states",
 }

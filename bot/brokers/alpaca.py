@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 from bot.bars import Bar
 from bot.brokers.base import Account, BrokerContext, BrokerEvents, BrokerSettings, BrokerStatus
 from bot.errors import BrokerError, BrokerUnavailableError, ConfigError, OperationalError
+from bot.ledger import Split
 from bot.logs import get_logger
 from bot.orders import BrokerOrder, Fill, OpenOrder, OrderIntent, OrderStatus, OrderUpdate
 from bot.settings import SymbolRules, check_paper_url
@@ -154,7 +155,9 @@ class AlpacaBroker:
                 price_precision=2,
             )
 
-    def restore(self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder]) -> None:
+    def restore(
+        self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder], splits: Sequence[Split] = ()
+    ) -> None:
         """Alpaca keeps its own records; the poller follows the journal's open orders."""
         for order in open_orders:
             if order.broker_order_id is not None:
@@ -305,6 +308,9 @@ class AlpacaBroker:
 
     def observe_bars(self, bars: Sequence[Bar]) -> None:
         """Alpaca fills at its own market."""
+
+    def apply_split(self, split: Split) -> None:
+        """Alpaca applies splits to the account itself (reconciliation checks that it agrees)."""
 
     async def close(self) -> None:
         """Stop the stream or the poller."""

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from bot.bars import Bar
+from bot.ledger import Split
 from bot.orders import BrokerOrder, Fill, OpenOrder, OrderIntent, OrderUpdate
 from bot.settings import Section, SymbolRules
 
@@ -97,8 +98,15 @@ class Broker(Protocol):
         trade at all (bad keys, a live-money account)."""
         ...
 
-    def restore(self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder]) -> None:
+    def restore(
+        self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder], splits: Sequence[Split] = ()
+    ) -> None:
         """What the journal recorded before a restart (a venue keeps its own records and ignores it)."""
+        ...
+
+    def apply_split(self, split: Split) -> None:
+        """A split seen in the prices: a simulator scales its position and open orders by it; a venue
+        does that itself and ignores it."""
         ...
 
     async def submit(self, intent: OrderIntent) -> BrokerOrder:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from bot.bars import Bar
 from bot.brokers.base import Account, BrokerContext, BrokerEvents, BrokerSettings
-from bot.ledger import Ledger
+from bot.ledger import Ledger, Split
 from bot.orders import (
     BrokerOrder,
     Fill,
@@ -68,11 +68,12 @@ class SimBroker:
     async def start(self) -> None:
         """Nothing to connect."""
 
-    def restore(self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder]) -> None:
-        """Load the executions and the orders this simulator had accepted before a restart."""
-        for fill in fills:
-            self._ledger.apply(fill)
-            self._fills.append(fill)
+    def restore(
+        self, fills: Sequence[Fill], open_orders: Sequence[OpenOrder], splits: Sequence[Split] = ()
+    ) -> None:
+        """Load the executions, splits and the orders this simulator had accepted before a restart."""
+        self._ledger = Ledger.from_fills(self._config.starting_cash, fills, splits)
+        self._fills.extend(fills)
         for order in open_orders:
             if order.broker_order_id is None:  # never acknowledged: it did not arrive here
                 continue
@@ -144,14 +145,23 @@ class SimBroker:
             cid = order.intent.client_order_id
             self._events.put(self._execute(order, bar, order.remaining, "simfill-" + cid))
 
+    def apply_split(self, split: Split) -> None:
+        """Scale the position and the open orders of the split's symbol, as a venue does."""
+        self._ledger.split(split)
+        for cid, order in self._open.items():
+            if order.intent.symbol == split.symbol:
+                self._open[cid] = order.split(split.ratio)
+
     def _due(self, bars: Sequence[Bar]) -> list[tuple[OpenOrder, Bar]]:
-        """The open orders these bars can fill: a bar of their symbol that opened after their decision."""
-        by_symbol = {bar.symbol: bar for bar in bars}
-        return [
-            (order, bar)
-            for order in list(self._open.values())
-            if (bar := by_symbol.get(order.intent.symbol)) is not None and bar.ts > order.intent.bar_ts
-        ]
+        """The open orders these bars can fill: the first bar of their symbol that opened after their
+        decision (bars come in time order; a symbol may have two when a held bar was confirmed)."""
+        due = []
+        for order in list(self._open.values()):
+            intent = order.intent
+            bar = next((b for b in bars if b.symbol == intent.symbol and b.ts > intent.bar_ts), None)
+            if bar is not None:
+                due.append((order, bar))
+        return due
 
     def _execute(self, order: OpenOrder, bar: Bar, qty: Decimal, fill_id: str) -> OrderUpdate:
         """Fill `qty` of `order` at `bar`'s open, moved by the slippage: the books, and the event."""

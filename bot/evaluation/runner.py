@@ -24,7 +24,7 @@ from bot.bars import Bar
 from bot.brokers import BrokerContext
 from bot.config import AppConfig, StrategyConfig
 from bot.daemon import make_runtime
-from bot.engine import Engine
+from bot.engine import Engine, EngineConfig
 from bot.errors import ConfigError
 from bot.evaluation.baselines import (
     ConstantForecaster,
@@ -158,6 +158,7 @@ async def _trade(
         [make_runtime(strategy, forecaster, target_scale)],
         book=book,
         starting_cash=starting_cash,
+        config=EngineConfig(guard=config.guard),
     )
     await engine.warm_up({}, start)
     stats = await engine.run()

@@ -229,6 +229,24 @@ class Fill(Base):
     broker_fill_id: Mapped[str] = mapped_column(String(64))
 
 
+class Split(Base):
+    """A split seen in a symbol's prices and applied to the books: `new_shares` for every `old_shares` from
+    the bar at `ts`. With the fills, it explains every position (`Ledger.from_fills`)."""
+
+    __tablename__ = "splits"
+    __table_args__ = (UniqueConstraint("book_id", "symbol", "ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    book_id: Mapped[int] = mapped_column(ForeignKey("books.id"))
+    symbol: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime]
+    new_shares: Mapped[int] = mapped_column(Integer)
+    old_shares: Mapped[int] = mapped_column(Integer)
+    before_close: Mapped[Decimal]
+    after_open: Mapped[Decimal]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Position(Base):
     """Current holding per symbol; `qty` is signed (negative is short)."""
 

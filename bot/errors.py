@@ -68,3 +68,8 @@ class BrokerError(TemporaryError):
 class BrokerUnavailableError(TemporaryError):
     """The broker cannot take orders now (its order-update stream is down): nothing was sent, so the order
     is sent once the broker is back, while its bar is still fresh."""
+
+
+class DatabaseFaultError(TemporaryError):
+    """The database failed in a way that waiting does not fix in this process: the disk is full, or a
+    connection or lock fault. Nothing more is recorded; the next start continues from the last batch."""

@@ -11,11 +11,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import bot
-from bot.errors import ConfigError, OperationalError, PaperbotError, TemporaryError
+from bot.errors import ConfigError, DatabaseFaultError, OperationalError, PaperbotError
+from bot.store.faults import Fault, classify
 
 MIGRATIONS_DIR = Path(bot.__file__).resolve().parent.parent / "migrations"
 """The Alembic script directory (env.py, versions/) at the repository root."""
@@ -130,15 +130,28 @@ def ensure_schema(url: str) -> None:
     upgrade(url)
 
 
-def database_problem(exc: SQLAlchemyError, url: str) -> PaperbotError:
+def database_problem(exc: Exception, url: str) -> PaperbotError:
     """A database failure in paperbot's terms, in one line without the password: a SQLite file that cannot
-    be opened is the configuration's (exit 2); a server that does not answer, a dropped connection, a lock
-    held too long or a full disk is temporary (exit 3: systemd starts it again)."""
+    be opened or written is the configuration's (exit 2); a server that does not answer, a dropped
+    connection, a lock held too long or a full disk is temporary (exit 3: systemd starts it again)."""
     parsed = make_url(url)
     cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     where = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() == "sqlite" and "unable to open database file" in cause:
-        return ConfigError(
-            "daemon.database_url", f"cannot open the SQLite database {parsed.database}: {cause}"
+    fault = classify(exc)
+    if parsed.get_backend_name() == "sqlite":
+        if "unable to open database file" in cause:
+            return ConfigError(
+                "daemon.database_url", f"cannot open the SQLite database {parsed.database}: {cause}"
+            )
+        if fault is Fault.READ_ONLY:
+            return ConfigError(
+                "daemon.database_url",
+                f"the SQLite database {parsed.database} is read-only ({cause}): the daemon's user must be"
+                " able to write it and its folder",
+            )
+    if fault is Fault.DISK_FULL:
+        return DatabaseFaultError(
+            f"database error at {where}: {cause}; the disk is full: free space, then start again (it"
+            " continues from the last batch recorded)"
         )
-    return TemporaryError(f"database error at {where}: {cause}")
+    return DatabaseFaultError(f"database error at {where}: {cause}")

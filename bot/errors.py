@@ -71,5 +71,6 @@ class BrokerUnavailableError(TemporaryError):
 
 
 class DatabaseFaultError(TemporaryError):
-    """The database failed in a way that waiting does not fix in this process: the disk is full, or a
-    connection or lock fault. Nothing more is recorded; the next start continues from the last batch."""
+    """The database failed past retrying: a temporary fault that outlived `[daemon] database_retry_seconds`
+    (or was still there when a stop came), or a full disk. The batch in hand was not recorded; the next
+    start replays it."""

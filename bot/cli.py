@@ -207,7 +207,7 @@ def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 def _models(args: argparse.Namespace, config: AppConfig) -> int:
     from bot.model.catalog import list_models  # noqa: PLC0415
 
-    engine = make_engine(config.daemon.database_url)
+    engine = make_engine(config.daemon.database_url, config.daemon.database_busy_timeout_seconds)
     try:
         sessions = session_factory(engine) if schema_is_current(engine) else None
         rows = list_models(sessions, sorted({s.model_dir for s in config.strategies}))
@@ -225,7 +225,7 @@ def _operator(args: argparse.Namespace, config: AppConfig) -> int:
     scopes = [config.strategy(args.strategy).name] if args.strategy else [s.name for s in config.strategies]
     state = TradingState.HALTED if args.command == "halt" else TradingState.ACTIVE
     ensure_schema(config.daemon.database_url)
-    engine = make_engine(config.daemon.database_url)
+    engine = make_engine(config.daemon.database_url, config.daemon.database_busy_timeout_seconds)
     try:
         sessions = session_factory(engine)
         name = args.book or config.daemon.book
@@ -247,7 +247,7 @@ def _operator(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 def _report(args: argparse.Namespace, config: AppConfig) -> int:
-    engine = make_engine(config.daemon.database_url)
+    engine = make_engine(config.daemon.database_url, config.daemon.database_busy_timeout_seconds)
     try:
         sessions = session_factory(engine)
         book = find_book(sessions, args.book, config.daemon.book)

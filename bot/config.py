@@ -40,6 +40,11 @@ class DaemonConfig(Section):
     torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
     # How long the engine waits, on the market clock, for the rest of an instant's bars after the first.
     batch_linger_seconds: Annotated[float, Field(ge=0, le=3600)] = 0.25
+    # How long a temporary database fault (a lock, a dropped connection, a server restarting) may last
+    # before the daemon stops with exit code 3; 0 gives up at the first one.
+    database_retry_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    # SQLite only: how long one try waits for another writer's lock before it counts as a fault.
+    database_busy_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
 
     @field_validator("database_url")
     @classmethod

@@ -8,15 +8,17 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.brokers import Broker, BrokerContext
 from bot.config import AppConfig, StrategyConfig
 from bot.drift import DriftMonitor
 from bot.engine import Engine, EngineConfig, EngineStats, StrategyRuntime
-from bot.errors import ConfigError, ModelError
+from bot.errors import ConfigError, DatabaseFaultError, ModelError
 from bot.features import FeatureEngine
 from bot.journal import Journal
 from bot.logs import get_logger
@@ -34,6 +36,7 @@ from bot.risk import RiskEngine, Sizer, TradingStateTracker
 from bot.scheduler import SchedulerConfig, build_scheduler
 from bot.store import models as m
 from bot.store.db import ensure_schema, make_engine, session_factory
+from bot.store.retry import DatabaseRetry, RetryPolicy
 from bot.strategy import ForecastStrategy
 from bot.systemd import notify, watchdog_interval
 
@@ -125,14 +128,17 @@ async def run_daemon(
 
 
 class _StopRequest:
-    """What SIGINT and SIGTERM do: stop the engine, or, before there is one, make it stop at once."""
+    """What SIGINT and SIGTERM do: stop the engine, or, before there is one, make it stop at once. `event`
+    cuts short the database retries of the start (see `DatabaseRetry`)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.event = asyncio.Event()
         self._engine: Engine | None = None
 
     def __call__(self) -> None:
         self.requested = True
+        self.event.set()
         if self._engine is not None:
             self._engine.stop()
 
@@ -166,29 +172,41 @@ async def _start_and_serve(
     try:
         await broker.start()  # a venue that refuses the keys stops the start here, before the database
         await feed.start()
-        ensure_schema(config.daemon.database_url)
-        db = make_engine(config.daemon.database_url)
+        url = config.daemon.database_url
+        db = make_engine(url, config.daemon.database_busy_timeout_seconds)
         sessions = session_factory(db)
+        # Every database call from here on is redone after a temporary fault (each is one transaction).
+        database = DatabaseRetry(url, RetryPolicy(config.daemon.database_retry_seconds), sessions)
+        await database.call("ensure_schema", lambda: ensure_schema(url), stop.event)
         book_name = f"backtest-{datetime.now(UTC):%Y%m%dT%H%M%S%f}" if backtest else config.daemon.book
         kind = m.BookKind.BACKTEST if backtest else m.BookKind.DAEMON
         cash = config.broker.initial_cash()
         if cash is None:  # a venue's paper account: a new book starts with the cash it holds now
             cash = (await broker.account()).cash
-        journal = Journal(sessions, Journal.open_book(sessions, book_name, kind.value, cash))
+        book_id = await database.call(
+            "open_book", partial(Journal.open_book, sessions, book_name, kind.value, cash), stop.event
+        )
+        journal = Journal(sessions, book_id)
         runtimes = [
             make_runtime(
                 s,
                 model_forecaster(loaded, s.symbols, device, s.model.inference),
                 loaded.card.target_scale,
-                catalog.register(sessions, loaded.card, loaded.path),
+                await database.call(
+                    "register_model",
+                    partial(catalog.register, sessions, loaded.card, loaded.path),
+                    stop.event,
+                ),
             )
             for s, loaded in zip(config.strategies, models, strict=True)
         ]
         if not backtest:  # the daemon trades this version now
             for loaded in models:
-                catalog.activate(sessions, loaded.card.name, loaded.card.version)
-        journal.start_run(command, config_digest(config_path))
-        state = journal.load_state()
+                activate = partial(catalog.activate, sessions, loaded.card.name, loaded.card.version)
+                await database.call("activate_model", activate, stop.event)
+        digest = config_digest(config_path)
+        await database.write_once("start_run", lambda: journal.start_run(command, digest), stop.event)
+        state = await database.call("load_state", journal.load_state, stop.event)
         broker.restore(state.fills, state.open_orders, state.splits)
         engine = Engine(
             feed,
@@ -203,19 +221,23 @@ async def _start_and_serve(
                 guard=config.guard,
             ),
             on_batch=on_batch,
+            database=database,
         )
         engine.restore(state)
         stop.watch(engine)
         stats = await _serve(
             engine,
             journal,
+            database,
             config,
             book_name,
             start=start,
             last_bars={s: ts for s, (ts, _) in state.last_bars.items()},
             live=not backtest,
+            stop=stop.event,
         )
-        return RunOutcome(stats, book_status(sessions, journal.book_id))
+        status = await database.call("book_status", partial(book_status, sessions, journal.book_id))
+        return RunOutcome(stats, status)
     finally:
         await feed.close()
         await broker.close()
@@ -226,19 +248,22 @@ async def _start_and_serve(
 async def _serve(
     engine: Engine,
     journal: Journal,
+    database: DatabaseRetry,
     config: AppConfig,
     book: str,
     *,
     start: datetime | None,
     last_bars: dict[str, datetime],
     live: bool,
+    stop: asyncio.Event,
 ) -> EngineStats:
     """Reconcile, warm up and run the engine, with the scheduler around it; record how the run ended.
     Nothing is traded before the start-up reconciliation has finished."""
     log = get_logger("paperbot.daemon")
 
     async def snapshot() -> None:
-        if all(s in engine.marks for s in engine.ledger.positions()):
+        # Not while a batch waits for the database: its fills are in the ledger, not yet in the journal.
+        if not database.waiting and all(s in engine.marks for s in engine.ledger.positions()):
             journal.record_equity(engine.equity_point(engine.market_now()), m.SnapshotKind.PERIODIC)
 
     async def ping() -> None:
@@ -255,7 +280,7 @@ async def _serve(
         reconcile,
         ping,
     )
-    status, message = m.RunStatus.FAILED, None
+    status, message, failure = m.RunStatus.FAILED, None, None
     try:
         await engine.reconcile_at_start()
         await engine.warm_up(last_bars, start)
@@ -267,13 +292,21 @@ async def _serve(
         status = m.RunStatus.STOPPED if stats.stopped else m.RunStatus.COMPLETED
         return stats
     except BaseException as exc:
-        message = repr(exc)
+        message, failure = repr(exc), exc
         raise
     finally:
         notify("STOPPING=1")
         if scheduler.running:
             scheduler.shutdown(wait=False)
-        journal.finish_run(status, engine.stats.bars, message)
+        finish = partial(journal.finish_run, status, engine.stats.bars, message)
+        if isinstance(failure, DatabaseFaultError | SQLAlchemyError):
+            # The database is what failed: one try, and a row left open is closed by the next start.
+            try:
+                finish()
+            except SQLAlchemyError as exc:
+                log.warning("run_left_open", error=type(getattr(exc, "orig", None) or exc).__name__)
+        else:
+            await database.write_once("finish_run", finish, stop)
         log.info("stopped", status=status.value, bars=engine.stats.bars, fills=engine.stats.fills)
 
 

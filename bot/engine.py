@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from bot.batching import Batcher, Instant
 from bot.brokers import Broker, BrokerEvent, BrokerStatus
 from bot.config import ReconciliationSettings, StrategyConfig
 from bot.drift import DriftMonitor
-from bot.errors import BrokerError, BrokerUnavailableError, TemporaryError
+from bot.errors import BrokerError, BrokerUnavailableError, DatabaseFaultError, TemporaryError
 from bot.features import FeatureEngine
 from bot.feeds import BarRevision, Feed, FeedItem
 from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
@@ -61,8 +61,10 @@ from bot.risk import (
     TradingStateTracker,
     plan_order,
 )
+from bot.store.retry import DatabaseRetry
 from bot.strategy import ForecastStrategy, Target
 
+T = TypeVar("T")
 _END = object()  # end-of-stream marker on the bar queue
 
 
@@ -130,7 +132,9 @@ class Engine:
         starting_cash: Decimal,
         config: EngineConfig | None = None,
         on_batch: Callable[[Engine], None] | None = None,
+        database: DatabaseRetry | None = None,
     ) -> None:
+        """`database` redoes journal calls after a temporary database fault (else they are tried once)."""
         self._book = book
         self._feed = feed
         self._broker = broker
@@ -138,6 +142,7 @@ class Engine:
         self._runtimes = list(runtimes)
         self._config = config or EngineConfig()
         self._on_batch = on_batch
+        self._database = database
         self._owner = {s: rt for rt in self._runtimes for s in rt.config.symbols}
         self._last_ts: dict[str, datetime] = {}
         self._orders = {rt.name: OrderCounter() for rt in self._runtimes}
@@ -256,7 +261,7 @@ class Engine:
                 item = await self._next(queue)
                 ended = item is _END
                 if item is not None and not ended:
-                    self._take(item)  # type: ignore[arg-type]
+                    await self._take(item)  # type: ignore[arg-type]
                 for instant in self._batcher.due(self.market_now(), flush=ended):
                     if self._stop.is_set():
                         break  # leave the rest whole to the next run, which replays it
@@ -309,16 +314,16 @@ class Engine:
             await getter
         return None
 
-    def _take(self, item: FeedItem) -> None:
+    async def _take(self, item: FeedItem) -> None:
         """A feed item into the batcher, or straight into the journal (late bars, revisions, alerts)."""
         if isinstance(item, Alert):
-            self._journal.record_alerts([item])
+            await self._record_alerts([item])
             self._log.warning(item.kind.value, symbol=item.symbol, message=item.message)
         elif isinstance(item, BarRevision):
             if self._batcher.revise(item.bar):
                 self._log.info("bar_revised", symbol=item.bar.symbol, bar_ts=item.bar.ts.isoformat())
             else:
-                self._record_bar_alert(
+                await self._record_bar_alert(
                     item.bar, AlertKind.BAR_REVISED, f"revised after its decision: {item.reason}"
                 )
         else:
@@ -327,13 +332,15 @@ class Engine:
                 item, clock.now() if clock is not None else datetime.now(UTC)
             )
             if future is not None:
-                self._journal.record_alerts([self._rejected(future, self.market_now())])
+                await self._record_alerts([self._rejected(future, self.market_now())])
                 return
             self._seen = _latest(self._seen, item.close_time)
             if not self._batcher.add(item, self.market_now()):
-                self._record_bar_alert(item, AlertKind.LATE_BAR, "arrived after its instant was decided")
+                await self._record_bar_alert(
+                    item, AlertKind.LATE_BAR, "arrived after its instant was decided"
+                )
 
-    def _record_bar_alert(self, bar: Bar, kind: AlertKind, message: str) -> None:
+    async def _record_bar_alert(self, bar: Bar, kind: AlertKind, message: str) -> None:
         """A late or revised bar, recorded in an alert with its values: it is never traded on."""
         decided = self._batcher.decided.isoformat() if self._batcher.decided else None
         values = {
@@ -344,7 +351,7 @@ class Engine:
             "volume": bar.volume,
         }
         alert = self._bar_alert(bar, kind, message, self.market_now(), {**values, "decided": decided})
-        self._journal.record_alerts([alert])
+        await self._record_alerts([alert])
 
     def _rejected(self, rejection: BarRejection, ts: datetime) -> Alert:
         """The alert of a bar the guard refused: it is never traded on."""
@@ -372,8 +379,8 @@ class Engine:
         events = self._broker.events.drain()
         if events:
             record = BatchRecord(ts=self.market_now())
-            self._handle_events(events, record)
-            self._journal.record_batch(record)
+            await self._handle_events(events, record)
+            await self._record(record)
         if self._reconcile_why is not None:
             why, self._reconcile_why = self._reconcile_why, None
             await self.reconcile(why)
@@ -390,9 +397,9 @@ class Engine:
         else:
             due()
 
-    def _handle_events(self, events: Sequence[BrokerEvent], record: BatchRecord) -> None:
+    async def _handle_events(self, events: Sequence[BrokerEvent], record: BatchRecord) -> None:
         updates = [e for e in events if isinstance(e, OrderUpdate)]
-        self._apply_updates(updates, record)
+        await self._apply_updates(updates, record)
         for event in events:
             if isinstance(event, BrokerStatus):
                 self._broker_status(event, record)
@@ -412,12 +419,15 @@ class Engine:
             self._log.info("broker_stream_back")
             self.request_reconcile("order stream reconnected")
 
-    def _ours(self, cids: set[str]) -> set[str]:
+    async def _ours(self, cids: set[str]) -> set[str]:
         """Which of these client order ids the journal holds."""
         known = {c for c in cids if c in self._pending}
-        return known | self._journal.known_orders(cids - known) if cids - known else known
+        rest = cids - known
+        if not rest:
+            return known
+        return known | await self._database_call("known_orders", lambda: self._journal.known_orders(rest))
 
-    def _apply_updates(self, updates: Sequence[OrderUpdate], record: BatchRecord) -> None:
+    async def _apply_updates(self, updates: Sequence[OrderUpdate], record: BatchRecord) -> None:
         """Record the broker's news: each fill once (by broker fill id) into the one ledger, each status
         forward; a partial fill leaves the rest of the order open."""
         fresh: list[OrderUpdate] = []
@@ -429,7 +439,7 @@ class Engine:
                 update, fill = replace(update, fill=None), None
             cid = update.client_order_id
             pending = self._pending.get(cid)
-            if pending is None and cid not in self._ours({cid}):
+            if pending is None and cid not in await self._ours({cid}):
                 self._foreign(update, record)
                 continue
             if fill is not None:
@@ -522,6 +532,8 @@ class Engine:
         )
         try:
             result = await self._reconciler.run(view, self._ours, now)
+        except DatabaseFaultError:
+            raise  # the journal, not the broker, failed past its retries: the daemon stops
         except TemporaryError as exc:
             self._reconcile_backoff = min(max(2 * self._reconcile_backoff, 1.0), _MAX_BACKOFF)
             self._log.warning("reconcile_failed", why=why, error=str(exc), retry_in=self._reconcile_backoff)
@@ -529,11 +541,11 @@ class Engine:
             return False
         self._reconcile_backoff = 0.0
         record = BatchRecord(ts=now)
-        self._apply_updates(result.updates, record)
+        await self._apply_updates(result.updates, record)
         for foreign in result.foreign:
             self._foreign(foreign, record)
         self._judge(result.mismatches, now, record)
-        self._journal.record_batch(record)
+        await self._record(record)
         for order in result.missing:
             await self._send_late(order, now)
         self._log.info(
@@ -598,8 +610,32 @@ class Engine:
             await self._submit(intent)
             return
         reason = f"never reached the broker; its bar closed {age:.0f} s ago (limit {limit:.0f} s)"
-        self._record_order(BrokerOrder(intent.client_order_id, None, OrderStatus.EXPIRED, reason=reason))
+        await self._record_order(
+            BrokerOrder(intent.client_order_id, None, OrderStatus.EXPIRED, reason=reason)
+        )
         self._log.warning("order_expired", client_order_id=intent.client_order_id, reason=reason)
+
+    # ---- the journal ----------------------------------------------------------------------------
+
+    async def _record(self, record: BatchRecord) -> None:
+        """One batch's transaction, redone whole from the same record after a temporary database fault;
+        the loop stays free (signals, watchdog) while it waits. Nothing is sent before it is recorded."""
+        await self._database_write("record_batch", lambda: self._journal.record_batch(record))
+
+    async def _record_alerts(self, alerts: Sequence[Alert]) -> None:
+        await self._database_write("record_alerts", lambda: self._journal.record_alerts(alerts))
+
+    async def _database_write(self, what: str, write: Callable[[], None]) -> None:
+        if self._database is None:
+            write()
+        else:
+            await self._database.write_once(what, write, self._stop)
+
+    async def _database_call(self, what: str, read: Callable[[], T]) -> T:
+        """A journal read, redone after a temporary database fault."""
+        if self._database is None:
+            return read()
+        return await self._database.call(what, read, self._stop)
 
     # ---- one batch ------------------------------------------------------------------------------
 
@@ -611,9 +647,9 @@ class Engine:
         record.bars = accepted
         record.timeframes = {b.symbol: self._owner[b.symbol].config.timeframe for b in accepted}
 
-        self._sync_operator()
+        await self._sync_operator()
         self._broker.observe_bars(accepted)
-        self._handle_events(self._broker.events.drain(), record)
+        await self._handle_events(self._broker.events.drain(), record)
         contexts = self._advance(accepted, instant.arrived)
         equity = self.equity_point(now).equity
         for rt in self._runtimes:
@@ -630,7 +666,7 @@ class Engine:
                 intents.extend(self._flatten(rt, current, equity, record, contexts))
                 intents.extend(self._decide(rt, own, equity, record, contexts))
 
-        self._journal.record_batch(record)
+        await self._record(record)
         for intent in intents:
             await self._submit(intent)
         self.stats.batches += 1
@@ -672,7 +708,7 @@ class Engine:
     def _owner_interval(self, strategy: str) -> timedelta:
         return next(rt.config.bar_interval for rt in self._runtimes if rt.name == strategy)
 
-    def _sync_operator(self) -> None:
+    async def _sync_operator(self) -> None:
         """Apply `paperbot halt`/`resume` recorded since the last batch (the CLI writes the event row; the
         daemon only follows it, so nothing is recorded twice). A resume re-bases at the current equity.
 
@@ -683,7 +719,8 @@ class Engine:
         self._next_operator_poll = now + self._config.operator_poll_seconds
         after = min((rt.tracker.event_id for rt in self._runtimes), default=0)
         by_name = {rt.name: rt for rt in self._runtimes}
-        for event in self._journal.operator_events(after):
+        events = await self._database_call("operator_events", lambda: self._journal.operator_events(after))
+        for event in events:
             rt = by_name.get(event.scope)
             if rt is None or event.id <= rt.tracker.event_id:
                 continue
@@ -969,14 +1006,14 @@ class Engine:
                 )
             )
             self.request_reconcile("unknown order", self._settle_delay)
-        self._record_order(order, alerts)
+        await self._record_order(order, alerts)
 
-    def _record_order(self, order: BrokerOrder, alerts: Sequence[Alert] = ()) -> None:
+    async def _record_order(self, order: BrokerOrder, alerts: Sequence[Alert] = ()) -> None:
         """An order's new state from outside the broker's events (its answer to a submit, an expiry): the
         same bookkeeping as an event, in a transaction of its own."""
         record = BatchRecord(ts=self.market_now(), alerts=list(alerts))
-        self._apply_updates([OrderUpdate(order, record.ts)], record)
-        self._journal.record_batch(record)
+        await self._apply_updates([OrderUpdate(order, record.ts)], record)
+        await self._record(record)
 
     @property
     def _settle_delay(self) -> float:

@@ -68,3 +68,9 @@ class BrokerError(TemporaryError):
 class BrokerUnavailableError(TemporaryError):
     """The broker cannot take orders now (its order-update stream is down): nothing was sent, so the order
     is sent once the broker is back, while its bar is still fresh."""
+
+
+class DatabaseFaultError(TemporaryError):
+    """The database failed past retrying: a temporary fault that outlived `[daemon] database_retry_seconds`
+    (or was still there when a stop came), or a full disk. The batch in hand was not recorded; the next
+    start replays it."""

@@ -224,7 +224,10 @@ class Journal:
                 select(m.Run).where(m.Run.book_id == self.book_id, m.Run.status == m.RunStatus.RUNNING.value)
             ):
                 stale.status = m.RunStatus.KILLED.value
-                stale.message = "never closed: the process was killed or crashed (found at the next start)"
+                stale.message = (
+                    "never closed: the process was killed, crashed or lost its database (found at the next"
+                    " start)"
+                )
             run = m.Run(
                 book_id=self.book_id,
                 command=command,

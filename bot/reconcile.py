@@ -72,7 +72,7 @@ class Reconciler:
         self._sleep = sleep
 
     async def run(
-        self, view: BookView, ours: Callable[[set[str]], set[str]], now: datetime
+        self, view: BookView, ours: Callable[[set[str]], Awaitable[set[str]]], now: datetime
     ) -> Reconciliation:
         """One pass. `ours` says which client order ids the journal holds."""
         result = Reconciliation()
@@ -84,7 +84,7 @@ class Reconciler:
             else:
                 statuses.append(OrderUpdate(known, now))
         theirs = {o.client_order_id: o for o in await self._broker.open_orders()}
-        mine = ours(set(theirs))
+        mine = await ours(set(theirs))
         result.foreign.extend(OrderUpdate(o, now) for cid, o in theirs.items() if cid not in mine)
         seen = set(view.fill_ids)
         cash, positions = view.cash, dict(view.positions)
@@ -92,7 +92,7 @@ class Reconciler:
             account = await self._broker.account()  # before the fills: a fill in between shows as a gap
             for fill in await self._new_fills(view.since, seen):
                 seen.add(fill.broker_fill_id)
-                if fill.client_order_id in ours({fill.client_order_id}):
+                if fill.client_order_id in await ours({fill.client_order_id}):
                     result.updates.append(OrderUpdate(None, fill.ts, fill))
                     cash += fill.cash_delta
                     positions[fill.symbol] = positions.get(fill.symbol, Decimal(0)) + fill.signed_qty

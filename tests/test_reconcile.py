@@ -53,7 +53,11 @@ def run(venue: Venue, view: BookView, settle: float = 2.0) -> tuple[Reconciliati
     settings = ReconciliationSettings(settle_seconds=settle)
     reconciler = Reconciler(venue, settings, ["AAPL"], sleep=sleep)  # type: ignore[arg-type]
     ours = {"c1", "c2"}
-    result = asyncio.run(reconciler.run(view, lambda cids: cids & ours, T0 + timedelta(minutes=5)))
+
+    async def journaled(cids: set[str]) -> set[str]:
+        return cids & ours
+
+    result = asyncio.run(reconciler.run(view, journaled, T0 + timedelta(minutes=5)))
     return result, slept
 
 

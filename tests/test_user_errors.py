@@ -132,12 +132,17 @@ def test_an_unreachable_database_is_one_line_and_exit_code_3(
     project: tuple[Path, Path], capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     config, _ = project
-    unreachable = 'database_url = "postgresql+psycopg://paperbot:s3cret@127.0.0.1:1/nowhere"'
+    # The daemon retries a connection that fails (the server may be restarting): here for half a second.
+    unreachable = (
+        'database_url = "postgresql+psycopg://paperbot:s3cret@127.0.0.1:1/nowhere"\n'
+        "database_retry_seconds = 0.5"
+    )
     config.write_text(re.sub(URL, unreachable, config.read_text(), count=1))
     code, err = run(config, capsys, command)
     assert code == ExitCode.TEMPORARY
     assert err.count("\n") == 1
     assert "database error at postgresql+psycopg://paperbot:***@127.0.0.1:1/nowhere" in err
+    assert ("(still failing after 0." in err) == (command == "run")
     assert "s3cret" not in err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +12,21 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import bot
-from bot.errors import ConfigError, OperationalError, PaperbotError, TemporaryError
+from bot.errors import ConfigError, DatabaseFaultError, OperationalError, PaperbotError
+from bot.store.faults import Fault, classify
 
 MIGRATIONS_DIR = Path(bot.__file__).resolve().parent.parent / "migrations"
 """The Alembic script directory (env.py, versions/) at the repository root."""
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
-"""How long a SQLite writer waits for another writer's lock before failing with 'database is locked'."""
+SQLITE_BUSY_TIMEOUT = 5.0
+"""Seconds a SQLite writer waits for another writer's lock before failing with 'database is locked'
+(`[daemon] database_busy_timeout_seconds`)."""
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
     # Pragmas are per connection, so they must run on every new pooled connection, not once per file.
     # WAL lets the report/CLI read while the daemon writes; NORMAL is durable across process crashes in
     # WAL mode (only an OS crash can lose the last commits); SQLite leaves foreign keys off by default.
@@ -33,7 +35,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     finally:
         cursor.close()
 
@@ -46,12 +48,13 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(database).expanduser()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Engine:
     """An Engine for `url`, configured for the daemon's needs on each backend.
 
     SQLite: creates the file's parent folder if missing and sets WAL, synchronous=NORMAL, foreign keys
-    and a busy timeout on every connection. PostgreSQL (and others): pings pooled connections before use
-    so a database restart costs a reconnect instead of an error in the trading loop.
+    and a busy timeout of `busy_timeout` seconds on every connection. PostgreSQL (and others): pings
+    pooled connections before use so a database restart costs a reconnect instead of an error in the
+    trading loop.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -64,7 +67,7 @@ def make_engine(url: str) -> Engine:
                     "daemon.database_url", f"cannot create the folder {path.parent}: {exc.strerror}"
                 ) from None
         engine = create_engine(parsed)
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", partial(_sqlite_on_connect, round(busy_timeout * 1000)))
         return engine
     return create_engine(parsed, pool_pre_ping=True)
 
@@ -130,15 +133,31 @@ def ensure_schema(url: str) -> None:
     upgrade(url)
 
 
-def database_problem(exc: SQLAlchemyError, url: str) -> PaperbotError:
+def database_problem(exc: Exception, url: str, retried: float | None = None) -> PaperbotError:
     """A database failure in paperbot's terms, in one line without the password: a SQLite file that cannot
-    be opened is the configuration's (exit 2); a server that does not answer, a dropped connection, a lock
-    held too long or a full disk is temporary (exit 3: systemd starts it again)."""
+    be opened or written is the configuration's (exit 2); a server that does not answer, a dropped
+    connection, a lock held too long (`retried` says for how many seconds it was retried) or a full disk
+    is temporary (exit 3: systemd starts it again)."""
     parsed = make_url(url)
     cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     where = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() == "sqlite" and "unable to open database file" in cause:
-        return ConfigError(
-            "daemon.database_url", f"cannot open the SQLite database {parsed.database}: {cause}"
+    fault = classify(exc)
+    if parsed.get_backend_name() == "sqlite":
+        if "unable to open database file" in cause:
+            return ConfigError(
+                "daemon.database_url", f"cannot open the SQLite database {parsed.database}: {cause}"
+            )
+        if fault is Fault.READ_ONLY:
+            return ConfigError(
+                "daemon.database_url",
+                f"the SQLite database {parsed.database} is read-only ({cause}): the daemon's user must be"
+                " able to write it and its folder",
+            )
+    if fault is Fault.DISK_FULL:
+        return DatabaseFaultError(
+            f"database error at {where}: {cause}; the disk is full: free space, then start again (it"
+            " continues from the last batch recorded)"
         )
-    return TemporaryError(f"database error at {where}: {cause}")
+    if retried is not None:
+        return DatabaseFaultError(f"database error at {where}: {cause} (still failing after {retried:.1f} s)")
+    return DatabaseFaultError(f"database error at {where}: {cause}")

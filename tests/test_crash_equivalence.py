@@ -7,7 +7,8 @@ the replay feed at full speed, the simulated broker and SQLite, each run a real 
 * named points (tests/crash_runner.py wraps the real functions; the process SIGKILLs itself at the n-th
   occurrence): ``intent``, ``accepted``, ``fill-pending``, ``fill``, ``migration``;
 * ``random``: the plain daemon, killed a random time after it logged ``started`` (while it trades);
-* ``random-start``: the plain daemon, killed a random time after it was spawned (while it starts up).
+* ``random-start``: the plain daemon, killed a random time after it opened the database (while it
+  migrates, opens the book and the run, restores, reconciles and warms up: the imports before are inert).
 
 Kills run in chains: a fresh database, up to seven kills one after the other (each restart continues the
 book the last one left), then a run to the end; then the chain's database is compared with the
@@ -65,7 +66,7 @@ Book = dict[str, list[tuple[object, ...]]]  # table name to rows
 @dataclass(frozen=True)
 class Kill:
     """One planned kill: a crash_runner point with its occurrence, or a random kind with its fraction
-    (of the start-up for random-start, of the trading left for random)."""
+    (of the start-up after the database opens for random-start, of the trading left for random)."""
 
     point: str
     n: int = 0
@@ -89,7 +90,8 @@ class Chain:
 
 @dataclass(frozen=True)
 class Reference:
-    """The uninterrupted run: its database and how long it took to start and to trade."""
+    """The uninterrupted run: its database, how long it took from opening the database to `started`,
+    and from there to `stopped`."""
 
     db: Path
     start_s: float
@@ -168,6 +170,22 @@ def wait_for(proc: subprocess.Popen[bytes], log: Path, marker: bytes = STARTED) 
     raise AssertionError(f"no {marker!r} within {PROCESS_TIMEOUT} s: {log}")
 
 
+def wait_for_open(proc: subprocess.Popen[bytes], db: Path) -> bool:
+    """Wait until the process holds the database file open (True) or exited (False)."""
+    fds = Path(f"/proc/{proc.pid}/fd")
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if any(fd.readlink() == db for fd in fds.iterdir()):
+                return True
+        except FileNotFoundError:  # an fd closed while we looked, or the process is gone
+            pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.001)
+    raise AssertionError(f"the database was not opened within {PROCESS_TIMEOUT} s")
+
+
 def finish(proc: subprocess.Popen[bytes], log: Path) -> int:
     """The exit code; a process that hangs is killed and fails the test."""
     try:
@@ -221,7 +239,8 @@ def attempt(kill: Kill, config: Path, db: Path, ref: Reference, log: Path) -> tu
         proc = spawn(daemon(config), log)
         if kill.point == "random-start":
             delay = kill.fraction * ref.start_s
-            time.sleep(delay)
+            if wait_for_open(proc, db):
+                time.sleep(delay)
         else:
             delay = kill.fraction * ref.trade_s * left
             if wait_for(proc, log):
@@ -343,12 +362,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(project: Path) -> Reference:
-    """The uninterrupted run, timed: seconds to `started`, seconds from there to `stopped`."""
+    """The uninterrupted run, timed: seconds from opening the database to `started` (a fresh one: the
+    migration included), seconds from there to `stopped`."""
     db = project / "reference.sqlite"
     config = write_config(project / "reference", project / "data", db)
     log = project / "reference.log"
-    began = time.monotonic()
     proc = spawn(daemon(config), log)
+    assert wait_for_open(proc, db), log.read_text()[-3000:]
+    began = time.monotonic()
     assert wait_for(proc, log), log.read_text()[-3000:]
     started = time.monotonic()
     assert wait_for(proc, log, STOPPED), log.read_text()[-3000:]

@@ -316,9 +316,7 @@ async def soak(config: AppConfig, db: Path, limit: int, monitor: Monitor) -> dic
                 for table in (m.Fill, m.Order, m.Prediction, m.RiskDecision, m.EquitySnapshot, m.Alert)
             }
             # By kind: a loop boundary that looked like a jump would show as bar_rejected or outlier_bar.
-            alerts = dict(
-                session.execute(select(m.Alert.kind, func.count()).group_by(m.Alert.kind)).tuples().all()
-            )
+            alerts = dict(session.execute(select(m.Alert.kind, func.count()).group_by(m.Alert.kind)).all())
     finally:
         engine_db.dispose()
     return {

@@ -36,11 +36,14 @@ from bot.logs import get_logger
 from bot.model import Prediction
 from bot.model.forecaster import Forecaster
 from bot.orders import (
+    FILL_MEMORY,
     BrokerOrder,
+    Fill,
     OpenOrder,
     OrderIntent,
     OrderStatus,
     OrderUpdate,
+    RecentFills,
     Side,
     client_order_id,
     stored,
@@ -158,7 +161,7 @@ class Engine:
         self.ledger = Ledger(starting_cash)
         self.marks: dict[str, Decimal] = {}
         self._pending: dict[str, OpenOrder] = {}
-        self._fill_ids: set[str] = set()
+        self._fill_ids = RecentFills()
         self._last_fill_ts: datetime | None = None
         self._seen: datetime | None = None  # the latest bar close taken: all the market time a replay has
         self._stop = asyncio.Event()
@@ -192,7 +195,7 @@ class Engine:
         open orders."""
         self.ledger = Ledger.from_fills(self.ledger.starting_cash, state.fills, state.splits)
         for fill in state.fills:
-            self._fill_ids.add(fill.broker_fill_id)
+            self._fill_ids.add(fill)
             self._last_fill_ts = _latest(self._last_fill_ts, fill.ts)
         for symbol, (ts, close) in state.last_bars.items():
             self.marks[symbol] = close
@@ -209,6 +212,7 @@ class Engine:
             if strategy in self._orders:
                 self._orders[strategy].add(bar_ts + self._owner_interval(strategy))
         self._pending = {o.intent.client_order_id: o for o in state.open_orders}
+        self._forget_old_fills()
 
     async def warm_up(self, last_bars: dict[str, datetime], start: datetime | None) -> None:
         """Fill the feature windows from the feed's history so the first bar can be decided on, then tell
@@ -433,7 +437,7 @@ class Engine:
         fresh: list[OrderUpdate] = []
         for reported in updates:
             update, fill = reported, reported.fill
-            if fill is not None and fill.broker_fill_id in self._fill_ids:
+            if fill is not None and await self._known_fill(fill):
                 if update.order is None:
                     continue  # a fill already recorded, reported again by another path
                 update, fill = replace(update, fill=None), None
@@ -444,7 +448,7 @@ class Engine:
                 continue
             if fill is not None:
                 self.ledger.apply(fill)
-                self._fill_ids.add(fill.broker_fill_id)
+                self._fill_ids.add(fill)
                 self._last_fill_ts = _latest(self._last_fill_ts, fill.ts)
                 self.stats.fills += 1
                 self._log.info(
@@ -560,6 +564,21 @@ class Engine:
             self.request_reconcile("unknown orders", self._settle_delay)
         return True
 
+    async def _known_fill(self, fill: Fill) -> bool:
+        """Was this fill recorded already? Memory answers for recent fills, the journal for older ones."""
+        if fill.broker_fill_id in self._fill_ids:
+            return True
+        if not self._fill_ids.forgotten(fill):
+            return False
+        ids = {fill.broker_fill_id}
+        return bool(await self._database_call("known_fills", lambda: self._journal.known_fills(ids)))
+
+    def _forget_old_fills(self) -> None:
+        """Keep in memory only the fills a broker may still report again (memory stays flat for months)."""
+        since = self._fills_since()
+        if since is not None:
+            self._fill_ids.forget_before(since - FILL_MEMORY)
+
     def _fills_since(self) -> datetime | None:
         """Where to look for executions: the last fill recorded, or the oldest open order's bar."""
         candidates = [o.intent.bar_ts for o in self._pending.values()]
@@ -671,6 +690,7 @@ class Engine:
             await self._submit(intent)
         self.stats.batches += 1
         self.stats.bars += len(accepted)
+        self._forget_old_fills()
 
     def _guarded(self, bars: Sequence[Bar], now: datetime, record: BatchRecord) -> list[Bar]:
         """The bars the guard accepts, in time order (a bar held for confirmation comes before this

@@ -316,17 +316,18 @@ class Journal:
 
     def known_orders(self, client_order_ids: Iterable[str]) -> set[str]:
         """Which of these client order ids are orders of this book."""
-        ids = list(client_order_ids)
-        if not ids:
+        return self._existing(m.Order.client_order_id, m.Order.book_id, client_order_ids)
+
+    def known_fills(self, broker_fill_ids: Iterable[str]) -> set[str]:
+        """Which of these broker fill ids are recorded fills of this book."""
+        return self._existing(m.Fill.broker_fill_id, m.Fill.book_id, broker_fill_ids)
+
+    def _existing(self, column: Any, book: Any, values: Iterable[str]) -> set[str]:
+        wanted = list(values)
+        if not wanted:
             return set()
         with self._sessions() as session:
-            return set(
-                session.scalars(
-                    select(m.Order.client_order_id).where(
-                        m.Order.book_id == self.book_id, m.Order.client_order_id.in_(ids)
-                    )
-                )
-            )
+            return set(session.scalars(select(column).where(book == self.book_id, column.in_(wanted))))
 
     def operator_events(self, after: int) -> list[OperatorEvent]:
         """Operator halts and resumes recorded after event `after` (by `paperbot halt`/`resume`)."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
@@ -157,6 +158,51 @@ class Fill:
     def signed_qty(self) -> Decimal:
         """Position change: positive for buys."""
         return self.side.sign * self.qty
+
+
+FILL_MEMORY = timedelta(hours=1)
+"""How far before the oldest fill a broker may still report (the oldest open order's bar, or the latest
+fill) fills are kept in memory. A daemon that runs for months must not keep them all."""
+
+
+class RecentFills:
+    """The fills seen lately, by broker fill id, in the order they came: enough to drop a fill that a
+    second path reports again (the stream, then a reconciliation sweep) without keeping every id a
+    long-running daemon ever saw. Whether an older fill is known is the journal's to say."""
+
+    def __init__(self) -> None:
+        self._fills: dict[str, Fill] = {}
+        self.horizon: datetime | None = None  # fills before this were forgotten
+
+    def __contains__(self, fill_id: object) -> bool:
+        return fill_id in self._fills
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fills)
+
+    def __len__(self) -> int:
+        return len(self._fills)
+
+    def add(self, fill: Fill) -> None:
+        """Remember a fill."""
+        self._fills[fill.broker_fill_id] = fill
+
+    def since(self, ts: datetime) -> list[Fill]:
+        """The remembered fills at or after `ts`, in the order they came."""
+        return [f for f in self._fills.values() if f.ts >= ts]
+
+    def forgotten(self, fill: Fill) -> bool:
+        """True when `fill` is older than what is remembered: only the journal knows whether it was seen."""
+        return self.horizon is not None and fill.ts < self.horizon
+
+    def forget_before(self, horizon: datetime) -> None:
+        """Drop the fills before `horizon` (from the oldest on: they come in time order, near enough)."""
+        self.horizon = horizon if self.horizon is None else max(self.horizon, horizon)
+        while self._fills:
+            oldest = next(iter(self._fills.values()))
+            if oldest.ts >= self.horizon:
+                break
+            del self._fills[oldest.broker_fill_id]
 
 
 @dataclass(frozen=True, slots=True)

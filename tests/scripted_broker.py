@@ -26,6 +26,7 @@ class ScriptedBroker(SimBroker):
         self.lose_next_order = False  # the next order is lost on the way (a timeout before it arrived)
         self.submits: list[str] = []  # every client order id that reached submit(), in order
         self.lost: list[tuple[str, str]] = []  # (what was lost: "answer" or "order", client order id)
+        self.executed: list[Fill] = []  # every fill of our orders (the simulator forgets old ones)
         self._parts: dict[str, int] = {}
         self._last: dict[str, Bar] = {}
         self._foreign = 0
@@ -64,7 +65,7 @@ class ScriptedBroker(SimBroker):
             bar.ts,
         )
         self._ledger.apply(fill)
-        self._fills.append(fill)
+        self._remember(fill)
         return fill
 
     def observe_bars(self, bars: Sequence[Bar]) -> None:
@@ -78,5 +79,7 @@ class ScriptedBroker(SimBroker):
             qty = order.remaining if part >= len(self.partials) - 1 else share
             if qty > 0:
                 update = self._execute(order, bar, qty, f"simfill-{cid}-{part}")
+                assert update.fill is not None
+                self.executed.append(update.fill)
                 if not self.silent:
                     self.events.put(update)

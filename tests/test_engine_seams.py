@@ -86,7 +86,7 @@ def test_partial_fills_and_a_quiet_order_stream_are_recorded_once(
     run(hook, batches=220)
     fills = run.rows(m.Fill)
     assert [(f.broker_fill_id, f.qty, f.price, f.commission) for f in fills] == [
-        (f.broker_fill_id, f.qty, f.price, f.commission) for f in run.broker._fills
+        (f.broker_fill_id, f.qty, f.price, f.commission) for f in run.broker.executed
     ]
     assert any(quiet[0] <= f.ts < quiet[1] for f in fills), "the fills made while it was quiet are in"
     by_order: dict[str, list[Any]] = {}
@@ -133,7 +133,7 @@ def test_lost_answers_and_lost_orders_are_settled_by_client_order_id(
         f'{{"client_order_id": "{c}"}}' for c in (answer, resent, stale)
     ]
     assert set(run.broker._orders) == set(orders) - {stale}
-    assert len(run.rows(m.Fill)) == len(run.broker._fills)
+    assert len(run.rows(m.Fill)) == len(run.broker.executed)
     run.books_match_the_broker(capsys)
 
 

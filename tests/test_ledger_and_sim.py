@@ -462,3 +462,19 @@ def test_the_simulator_scales_an_open_order_by_a_split_and_fills_it_at_the_new_s
     held = Bar("AAPL", T0 + 2 * HOUR, 200.0, 201.0, 199.0, 200.0, 1e6)
     (filled,) = step(broker, split_bar, held)  # two bars of one symbol: the first one that opened after
     assert (filled.qty, filled.price, filled.ts) == (D(40), D(100), T0 + HOUR)
+
+
+def test_the_simulator_forgets_old_fills_and_orders_so_its_memory_stays_flat() -> None:
+    """A month of hourly trading keeps only what a reconciliation may still ask about: the open order,
+    and the orders and fills of the last FILL_MEMORY before the oldest of them or the latest fill."""
+    broker = SimBroker(SimBrokerConfig())
+    for n in range(24 * 30):
+        ts = T0 + n * HOUR
+        submit(broker, intent(Side.BUY if n % 2 else Side.SELL, "1", ts))
+        step(broker, Bar("AAPL", ts + HOUR, 100.0, 101.0, 99.0, 100.0, 1e6))
+    submit(broker, intent(Side.BUY, "1", T0 + 720 * HOUR))  # still open
+    assert len(broker._fills) <= 3 and len(broker._orders) <= 4
+    latest = T0 + 720 * HOUR
+    assert [f.ts for f in asyncio.run(broker.fills_since(latest))] == [latest]
+    assert asyncio.run(broker.positions()) == {}  # the books themselves are whole: 360 buys, 360 sells
+    assert len(asyncio.run(broker.open_orders())) == 1

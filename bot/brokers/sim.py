@@ -15,12 +15,14 @@ from bot.bars import Bar
 from bot.brokers.base import Account, BrokerContext, BrokerEvents, BrokerSettings
 from bot.ledger import Ledger, Split
 from bot.orders import (
+    FILL_MEMORY,
     BrokerOrder,
     Fill,
     OpenOrder,
     OrderIntent,
     OrderStatus,
     OrderUpdate,
+    RecentFills,
     Side,
     money,
     to_decimal,
@@ -56,8 +58,10 @@ class SimBroker:
         self._config = config
         self._ledger = Ledger(config.starting_cash)
         self._open: dict[str, OpenOrder] = {}
-        self._orders: dict[str, BrokerOrder] = {}
-        self._fills: list[Fill] = []
+        self._orders: dict[str, BrokerOrder] = {}  # by client order id: open ones, and recent others
+        self._bar_ts: dict[str, datetime] = {}  # each order's decision bar, to forget old orders by
+        self._fills = RecentFills()
+        self._last_fill: datetime | None = None
         self._events = BrokerEvents()
 
     @property
@@ -73,13 +77,16 @@ class SimBroker:
     ) -> None:
         """Load the executions, splits and the orders this simulator had accepted before a restart."""
         self._ledger = Ledger.from_fills(self._config.starting_cash, fills, splits)
-        self._fills.extend(fills)
+        for fill in fills:
+            self._remember(fill)
         for order in open_orders:
             if order.broker_order_id is None:  # never acknowledged: it did not arrive here
                 continue
             cid = order.intent.client_order_id
             self._open[cid] = order
             self._orders[cid] = self._accepted(order.intent)
+            self._bar_ts[cid] = order.intent.bar_ts
+        self._forget()
 
     @staticmethod
     def _accepted(intent: OrderIntent) -> BrokerOrder:
@@ -98,6 +105,7 @@ class SimBroker:
                 intent, OrderStatus.NEW, Decimal(0), order.broker_order_id
             )
         self._orders[intent.client_order_id] = order
+        self._bar_ts[intent.client_order_id] = intent.bar_ts
         return order
 
     async def cancel(self, client_order_id: str) -> BrokerOrder:
@@ -128,7 +136,7 @@ class SimBroker:
 
     async def fills_since(self, ts: datetime) -> list[Fill]:
         """Executions at or after `ts`."""
-        return [f for f in self._fills if f.ts >= ts]
+        return self._fills.since(ts)
 
     def fill_price(self, side: Side, bar_open: float) -> Decimal:
         """The open, moved against the order by the slippage."""
@@ -144,6 +152,24 @@ class SimBroker:
         for order, bar in self._due(bars):
             cid = order.intent.client_order_id
             self._events.put(self._execute(order, bar, order.remaining, "simfill-" + cid))
+        self._forget()
+
+    def _remember(self, fill: Fill) -> None:
+        self._fills.add(fill)
+        self._last_fill = fill.ts if self._last_fill is None else max(self._last_fill, fill.ts)
+
+    def _forget(self) -> None:
+        """Keep only what a reconciliation may still ask about (see FILL_MEMORY): the open orders, and the
+        other orders and fills since shortly before the oldest of them or the latest fill."""
+        marks = [self._bar_ts[cid] for cid in self._open]
+        if self._last_fill is not None:
+            marks.append(self._last_fill)
+        if not marks:
+            return
+        horizon = min(marks) - FILL_MEMORY
+        self._fills.forget_before(horizon)
+        for cid in [c for c, ts in self._bar_ts.items() if ts < horizon and c not in self._open]:
+            del self._orders[cid], self._bar_ts[cid]
 
     def apply_split(self, split: Split) -> None:
         """Scale the position and the open orders of the split's symbol, as a venue does."""
@@ -178,7 +204,7 @@ class SimBroker:
         state = BrokerOrder(cid, "sim-" + cid, status, filled_qty=filled, avg_fill_price=price)
         self._orders[cid] = state
         self._ledger.apply(fill)
-        self._fills.append(fill)
+        self._remember(fill)
         return OrderUpdate(state, bar.ts, fill)
 
     def market_rules(self, symbol: str) -> SymbolRules | None:

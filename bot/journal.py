@@ -109,6 +109,9 @@ class BookState:
     splits: list[Split] = field(default_factory=list)
 
 
+_OPEN_STATUSES = [s.value for s in OrderStatus if s.is_open]  # orders that may still fill
+
+
 def saved_state(row: m.TradingState) -> SavedState:
     """The tracker state a trading_states row holds."""
     return SavedState(
@@ -263,7 +266,7 @@ class Journal:
                 select(m.Order)
                 .where(
                     m.Order.book_id == self.book_id,
-                    m.Order.status.in_([s.value for s in OrderStatus if s.is_open]),
+                    m.Order.status.in_(_OPEN_STATUSES),
                 )
                 .order_by(m.Order.id)
             ):
@@ -424,7 +427,7 @@ class Journal:
             select(m.Order).where(
                 m.Order.book_id == self.book_id,
                 m.Order.symbol == jump.symbol,
-                m.Order.status.in_([s.value for s in OrderStatus if s.is_open]),
+                m.Order.status.in_(_OPEN_STATUSES),
             )
         ):
             row.qty, row.filled_qty = split_qty(row.qty, ratio), split_qty(row.filled_qty, ratio)

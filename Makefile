@@ -28,7 +28,7 @@ train: $(STAMP)
 	$(BIN)/paperbot -c $(CONFIG) train
 
 test: $(STAMP)
-	$(BIN)/ruff check bot tests migrations benchmarks
+	$(BIN)/ruff check bot tests migrations bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -33,7 +33,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -71,6 +71,7 @@ class Kill:
     point: str
     n: int = 0
     fraction: float = 0.0
+    retry: bool = False  # a random kill that came after the run's end, again on a fresh database
 
     def label(self) -> str:
         """For messages: `intent#3`, `random@0.41`."""
@@ -408,6 +409,10 @@ def run_chains(project: Path, ref: Reference, chains: list[list[Kill]], seed: in
             assert finish(spawn(daemon(config), log), log) == 0, log.read_text()[-3000:]
         check_chain(db, ref, chain, seed)
         chain.text_only = text_only(ref.db, db)
+        if chain.missed and not chain.missed[-1].retry:
+            # Earlier kills in the chain may have left it too little of the run to land in: once more
+            # where the whole run lies ahead (else a short default plan could test named points only).
+            pending.insert(0, replace(chain.missed[-1], retry=True))
         if pending:  # kills planned after a missed random one: on a fresh database
             chains.append(pending)
         yield chain

@@ -1,4 +1,4 @@
-"""benchmarks/soak.py stays runnable: a short soak through the whole path, and its looped feed continues
+"""bench/soak.py stays runnable: a short soak through the whole path, and its looped feed continues
 the bundled series in time and in price across a loop boundary."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from helpers import REPO
 
-SOAK = REPO / "benchmarks" / "soak.py"
+SOAK = REPO / "bench" / "soak.py"
 SYMBOLS = ("SPY", "AAPL", "IBM")
 
 
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
-    """benchmarks/soak.py as a module (benchmarks/ is not a package)."""
+    """bench/soak.py as a module, loaded from its file (as `python bench/soak.py` runs it)."""
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -275,7 +275,7 @@ def test_window_and_stream_agree_only_as_far_as_the_model_forgets() -> None:
 
 def test_the_benchmark_script_runs() -> None:
     done = subprocess.run(
-        [sys.executable, "benchmarks/inference.py", "--repeat", "3", "--sizes", "small", "--budget", "0.01"],
+        [sys.executable, "bench/inference.py", "--repeat", "3", "--sizes", "small", "--budget", "0.01"],
         cwd=REPO,
         capture_output=True,
         text=True,

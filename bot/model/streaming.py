@@ -8,7 +8,7 @@ computation up to the first full window and then differ by whatever the state st
 older than the window: next to nothing for a model whose forget gates sit near 0.5 (the bundled
 lstm-equities/0001: mean |difference| ~1e-6 of the predictions' std on 2016 bars), a lot for one that
 remembers. `window_and_stream` and `Agreement` measure it for a given model and data;
-`benchmarks/inference.py` reports it for the bundled model. Stream a window model only where that was
+`bench/inference.py` reports it for the bundled model. Stream a window model only where that was
 measured; models trained statefully stream exactly.
 
 How the step is computed, and why (measured on a 2-core AVX-512 CPU, 2 layers x 64 units, 16 features):

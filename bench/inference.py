@@ -1,6 +1,6 @@
 """Inference latency per bar, window path against streaming path, and what streaming costs in accuracy.
 
-    .venv/bin/python benchmarks/inference.py [--threads N] [--repeat N] [--budget S] [--sizes full|small]
+    .venv/bin/python bench/inference.py [--threads N] [--repeat N] [--budget S] [--sizes full|small]
                                              [--no-accuracy] [--json]
 
 Timing (random weights: only the shapes matter): a 2-layer, 64-unit LSTM over 16 features, for 1, 100 and

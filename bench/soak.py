@@ -1,6 +1,6 @@
 """Soak: a million symbol-bars through the whole bar path with SQL recording; bars/s and RSS over time.
 
-    .venv/bin/python benchmarks/soak.py [--symbol-bars N] [--report-every N] [--warmup N]
+    .venv/bin/python bench/soak.py [--symbol-bars N] [--report-every N] [--warmup N]
                                         [--tolerance PCT] [--db PATH] [--log-level LEVEL] [--json PATH]
 
 The daemon's engine, assembled in process as `bot.daemon` assembles it, from the bundled config.toml: the

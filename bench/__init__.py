@@ -1,0 +1,1 @@
+"""paperbot's benchmarks: `python -m bench [--quick] [--json PATH]` (see bench/__main__.py)."""

@@ -32,7 +32,7 @@ from bot.features import FeatureEngine
 from bot.feeds import BarRevision, Feed, FeedItem
 from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
 from bot.ledger import Ledger, Split
-from bot.logs import get_logger
+from bot.logs import JsonLines, get_logger
 from bot.model import Prediction
 from bot.model.forecaster import Forecaster
 from bot.orders import (
@@ -52,6 +52,7 @@ from bot.orders import (
 from bot.reconcile import BookView, Mismatch, Reconciler
 from bot.risk import (
     BarContext,
+    ExposureTotals,
     OrderCounter,
     OrderRequest,
     PortfolioView,
@@ -174,6 +175,7 @@ class Engine:
         self._next_operator_poll = 0.0  # time.monotonic() of the next look for operator events
         self.stats = EngineStats()
         self._log = get_logger("paperbot.engine")
+        self._decisions = JsonLines("paperbot.engine")  # one line per bar: the hot path's own writer
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -678,13 +680,16 @@ class Engine:
         record.equity = self.equity_point(now)
 
         intents: list[OrderIntent] = []
+        # Positions and marks stand still from here on; only this batch's own orders move the totals.
+        totals = ExposureTotals.of(self.ledger.quantities, self._pending_qty(), self.marks)
         for rt in self._runtimes:
-            own = [b for b in accepted if b.symbol in rt.config.symbols]
+            own = [b for b in accepted if self._owner[b.symbol] is rt]  # not `in symbols`: a list
             if own:
                 current = [b for b in own if b.close_time == now]  # a released bar's instant is past
-                intents.extend(self._flatten(rt, current, equity, record, contexts))
-                intents.extend(self._decide(rt, own, equity, record, contexts))
+                intents.extend(self._flatten(rt, current, equity, record, contexts, totals=totals))
+                intents.extend(self._decide(rt, own, equity, record, contexts, totals=totals))
 
+        self._decisions.flush()  # the decisions are told before they are recorded, as they are taken
         await self._record(record)
         for intent in intents:
             await self._submit(intent)
@@ -813,23 +818,28 @@ class Engine:
             Alert(now, Severity.WARNING, kind, message, owner.name if owner else None, jump.symbol, details)
         )
 
-    def _view(self, rt: StrategyRuntime, equity: Decimal, now: datetime) -> PortfolioView:
+    def _view(
+        self, rt: StrategyRuntime, equity: Decimal, now: datetime, totals: ExposureTotals
+    ) -> PortfolioView:
         today, this_second = self._orders[rt.name].counts(now, rt.tracker.day_start)
-        return PortfolioView(
-            equity,
-            self.ledger.cash,
-            {s: p.qty for s, p in self.ledger.positions().items()},
-            self._pending_qty(),
-            self.marks,
-            rt.tracker.drawdown(equity),
-            rt.tracker.state,
-            rt.tracker.daily_loss(equity),
-            today,
-            this_second,
+        return PortfolioView.over(
+            totals,
+            equity=equity,
+            cash=self.ledger.cash,
+            drawdown=rt.tracker.drawdown(equity),
+            state=rt.tracker.state,
+            daily_loss=rt.tracker.daily_loss(equity),
+            orders_today=today,
+            orders_this_second=this_second,
         )
 
     def _send(
-        self, rt: StrategyRuntime, decision: RiskDecision, record: BatchRecord, sequence: int = 0
+        self,
+        rt: StrategyRuntime,
+        decision: RiskDecision,
+        record: BatchRecord,
+        totals: ExposureTotals,
+        sequence: int = 0,
     ) -> OrderIntent | None:
         """Journal the decision; an approved quantity becomes an intent (pending, counted, sent later)."""
         request, intent = decision.request, None
@@ -843,6 +853,7 @@ class Engine:
                 request.bar_ts,
             )
             self._pending[intent.client_order_id] = OpenOrder(intent, OrderStatus.NEW)
+            totals.add_order(intent.symbol, intent.side.sign * intent.qty)
             self._orders[rt.name].add(request.bar.now if request.bar else request.bar_ts)
         record.decisions.append(Decision(decision, intent))
         return intent
@@ -854,6 +865,8 @@ class Engine:
         equity: Decimal,
         record: BatchRecord,
         contexts: dict[str, BarContext],
+        *,
+        totals: ExposureTotals,
     ) -> list[OrderIntent]:
         """After a drawdown or daily-loss breach with `flatten_on_breach`, close what is held: reduce-only
         orders through every check, again on later bars for whatever a check held back."""
@@ -864,14 +877,14 @@ class Engine:
         intents = []
         for bar in bars:
             context = contexts[bar.symbol]
-            view = self._view(rt, equity, context.now)
+            view = self._view(rt, equity, context.now, totals)
             exposure = view.exposure(bar.symbol)
             if exposure == 0:
                 continue
             side = Side.SELL if exposure > 0 else Side.BUY
             price = self.marks[bar.symbol]
             request = OrderRequest(rt.name, bar.symbol, bar.ts, side, abs(exposure), price, context, True)
-            intent = self._send(rt, rt.risk.evaluate(request, view), record, sequence=1)
+            intent = self._send(rt, rt.risk.evaluate(request, view), record, totals, sequence=1)
             if intent is not None:
                 intents.append(intent)
         return intents
@@ -883,6 +896,8 @@ class Engine:
         equity: Decimal,
         record: BatchRecord,
         contexts: dict[str, BarContext],
+        *,
+        totals: ExposureTotals,
     ) -> list[OrderIntent]:
         """Feed the strategy's stages these bars in order; decide on those of the batch's instant (a bar
         held for confirmation is history: its instant is past)."""
@@ -905,23 +920,21 @@ class Engine:
             return []
         predicted = rt.forecaster.predict(ready, np.stack([rt.features.window(b.symbol) for b in ready]))
         intents = []
-        horizons = rt.forecaster.horizons
+        horizons, version = rt.forecaster.horizons, rt.forecaster.version
         for bar, values in zip(ready, predicted.tolist(), strict=True):
             value = values[0]  # decisions are about the next bar; longer horizons are recorded beside it
-            prediction = Prediction(rt.name, bar.symbol, bar.ts, value, 1, rt.forecaster.version)
+            prediction = Prediction(rt.name, bar.symbol, bar.ts, value, 1, version)
             rt.drift.observe_prediction(bar.symbol, bar.close_time, value)
             target = rt.strategy.target(prediction)
             record.predictions.append((target, rt.model_version_id))
-            record.predictions.extend(
-                (
-                    replace(target, prediction=replace(prediction, predicted_return=v, horizon=h)),
-                    rt.model_version_id,
+            for h, v in zip(horizons[1:], values[1:], strict=True):
+                later = Prediction(rt.name, bar.symbol, bar.ts, v, h, version)
+                record.predictions.append(
+                    (Target(rt.name, bar.symbol, bar.ts, target.weight, later), rt.model_version_id)
                 )
-                for h, v in zip(horizons[1:], values[1:], strict=True)
-            )
             rt.sizer.observe_forecast(bar.symbol, value)
             context = contexts[bar.symbol]
-            view = self._view(rt, equity, context.now)
+            view = self._view(rt, equity, context.now, totals)
             request = plan_order(
                 target,
                 view,
@@ -936,7 +949,7 @@ class Engine:
                 self._log_decision(rt, bar, target)
                 continue
             decision = rt.risk.evaluate(request, view)
-            intent = self._send(rt, decision, record)
+            intent = self._send(rt, decision, record, totals)
             if intent is not None:
                 intents.append(intent)
             self._log_decision(rt, bar, target, decision, intent)
@@ -973,31 +986,33 @@ class Engine:
         intent: OrderIntent | None = None,
     ) -> None:
         """The one JSON line per bar: what the model said, what the strategy wanted, what risk allowed."""
-        self._log.info(
+        self._decisions.info(
             "decision",
-            strategy=rt.name,
-            symbol=bar.symbol,
-            bar_ts=bar.ts.isoformat(),
-            close=bar.close,
-            warming_up=target is None,
-            prediction=None if target is None else round(target.prediction.predicted_return, 8),
-            target_weight=None if target is None else round(target.weight, 4),
-            position=str(self.ledger.qty(bar.symbol)),
-            state=rt.tracker.state.value,
-            risk=None
-            if decision is None
-            else {
-                "outcome": decision.outcome.value,
-                "reason": decision.reason,
-                "requested": str(decision.request.qty),
-                "approved": str(decision.approved_qty),
-            },
-            order=None
-            if intent is None
-            else {
-                "side": intent.side.value,
-                "qty": str(intent.qty),
-                "client_order_id": intent.client_order_id,
+            {
+                "strategy": rt.name,
+                "symbol": bar.symbol,
+                "bar_ts": bar.ts.isoformat(),
+                "close": bar.close,
+                "warming_up": target is None,
+                "prediction": None if target is None else round(target.prediction.predicted_return, 8),
+                "target_weight": None if target is None else round(target.weight, 4),
+                "position": str(self.ledger.qty(bar.symbol)),
+                "state": rt.tracker.state.value,
+                "risk": None
+                if decision is None
+                else {
+                    "outcome": decision.outcome.value,
+                    "reason": decision.reason,
+                    "requested": str(decision.request.qty),
+                    "approved": str(decision.approved_qty),
+                },
+                "order": None
+                if intent is None
+                else {
+                    "side": intent.side.value,
+                    "qty": str(intent.qty),
+                    "client_order_id": intent.client_order_id,
+                },
             },
         )
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from types import MappingProxyType
 
 from bot.orders import Fill, money, split_qty
 
@@ -90,6 +91,11 @@ class Ledger:
     def position(self, symbol: str) -> Position:
         """The position in `symbol`, quantity 0 when flat."""
         return Position(symbol, self.qty(symbol), self._avg.get(symbol, Decimal(0)))
+
+    @property
+    def quantities(self) -> Mapping[str, Decimal]:
+        """Signed quantity by symbol, live and read-only (a flat symbol may show as 0): no copy, no sort."""
+        return MappingProxyType(self._qty)
 
     def positions(self) -> dict[str, Position]:
         """Open positions by symbol."""

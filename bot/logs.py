@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +26,7 @@ def configure_logging(
     level: str = "info", log_file: Path | None = None, stream: TextIO | None = None
 ) -> None:
     """Route structlog and stdlib logging through one JSON formatter to stdout (journald) and a file."""
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
         foreign_pre_chain=_PRE_CHAIN,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -58,6 +60,47 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """structlog's JSON formatter, passing through the lines a `JsonLines` rendered already."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "prerendered", False):
+            return record.getMessage()
+        return super().format(record)
+
+
+class JsonLines:
+    """Hot-path events gathered and written in one go: each is the same JSON line structlog would write
+    (its fields, then event, logger, level and timestamp), for a few microseconds instead of tens.
+
+    `info()` keeps an event; `flush()` renders the kept ones with one timestamp and hands them to the
+    logging handlers as one record (one write). Nothing is kept while INFO is off."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger = logging.getLogger(name)
+        self._events: list[dict[str, Any]] = []
+
+    def info(self, event: str, fields: dict[str, Any]) -> None:
+        """Keep one event; `fields` becomes the line (the caller hands over a fresh dict)."""
+        if self._logger.isEnabledFor(logging.INFO):
+            fields["event"] = event
+            self._events.append(fields)
+
+    def flush(self) -> None:
+        """Write the kept events, oldest first."""
+        if not self._events:
+            return
+        events, self._events = self._events, []
+        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        tail = {"logger": self._name, "level": "info", "timestamp": stamp}
+        text = "\n".join(json.dumps(e | tail, default=str) for e in events)
+        record = self._logger.makeRecord(
+            self._name, logging.INFO, __file__, 0, text, (), None, extra={"prerendered": True}
+        )
+        self._logger.handle(record)
 
 
 def get_logger(name: str) -> Any:

@@ -41,7 +41,7 @@ class DriftMonitor:
 
     def observe_outcome(self, symbol: str, ts: datetime, realized: float) -> list[Alert]:
         """Feed the realized return of the bar that the last prediction was about."""
-        state = self._symbols.setdefault(symbol, _SymbolDrift(self._config))
+        state = self._state(symbol)
         alerts: list[Alert] = []
         if not math.isfinite(realized):
             return alerts
@@ -65,7 +65,14 @@ class DriftMonitor:
 
     def observe_prediction(self, symbol: str, ts: datetime, predicted: float) -> None:
         """Remember a prediction until its outcome arrives."""
-        self._symbols.setdefault(symbol, _SymbolDrift(self._config)).pending = (ts, predicted)
+        self._state(symbol).pending = (ts, predicted)
+
+    def _state(self, symbol: str) -> _SymbolDrift:
+        # Not setdefault: that would build two river detectors per call only to throw them away.
+        state = self._symbols.get(symbol)
+        if state is None:
+            state = self._symbols[symbol] = _SymbolDrift(self._config)
+        return state
 
     def _alert(self, symbol: str, ts: datetime, detector: str, message: str) -> Alert:
         return Alert(

@@ -1,6 +1,7 @@
 """Risk: sizing, pre-trade checks every order passes, and the persisted trading state."""
 
 from bot.risk.checks import CHECK_CODES, CheckOutcome, CheckResult, RiskDecision, RiskEngine, RiskOutcome
+from bot.risk.exposure import ExposureTotals
 from bot.risk.sizing import (
     BarContext,
     OrderRequest,
@@ -26,6 +27,7 @@ __all__ = [
     "BarContext",
     "CheckOutcome",
     "CheckResult",
+    "ExposureTotals",
     "OrderCounter",
     "OrderRequest",
     "OrderRules",

@@ -15,6 +15,7 @@ from typing import Any
 
 from bot.config import RiskSettings, SizingSettings
 from bot.orders import Side
+from bot.risk.exposure import ExposureTotals
 from bot.risk.state import TradingState
 from bot.settings import SymbolRules
 from bot.strategy import Target
@@ -80,25 +81,33 @@ class PortfolioView:
     daily_loss: float = 0.0
     orders_today: int = 0
     orders_this_second: int = 0
+    totals: ExposureTotals | None = None  # the engine's running totals over these same mappings
+
+    @classmethod
+    def over(cls, totals: ExposureTotals, **state: Any) -> PortfolioView:
+        """A view whose positions, open orders, marks and exposure totals are `totals`' (no copies)."""
+        return cls(
+            positions=totals.positions, pending=totals.pending, marks=totals.marks, totals=totals, **state
+        )
 
     def exposure(self, symbol: str) -> Decimal:
         """Signed quantity once every open order has filled."""
         return self.positions.get(symbol, Decimal(0)) + self.pending.get(symbol, Decimal(0))
 
-    def _symbols(self) -> set[str]:
-        return {s for s in set(self.positions) | set(self.pending) if self.exposure(s)}
+    def _fresh(self) -> ExposureTotals:
+        return ExposureTotals.of(self.positions, dict(self.pending), self.marks)
 
     def gross_exposure(self) -> Decimal:
         """Absolute market value of all exposures, open orders included."""
-        return sum((abs(self.exposure(s)) * self.marks[s] for s in self._symbols()), Decimal(0))
+        return (self.totals or self._fresh()).gross
 
     def net_exposure(self) -> Decimal:
         """Signed market value of all exposures (longs minus shorts), open orders included."""
-        return sum((self.exposure(s) * self.marks[s] for s in self._symbols()), Decimal(0))
+        return (self.totals or self._fresh()).net
 
     def pending_buy_notional(self) -> Decimal:
         """Cash already promised to open buy orders."""
-        return sum((q * self.marks[s] for s, q in self.pending.items() if q > 0), Decimal(0))
+        return (self.totals or self._fresh()).pending_buy
 
 
 @dataclass(frozen=True, slots=True)

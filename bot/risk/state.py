@@ -3,6 +3,7 @@ peak, the loss since the last daily reset, and the operator."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -208,14 +209,20 @@ class OrderCounter:
 
     def __init__(self) -> None:
         self._times: list[datetime] = []
+        self._seconds: Counter[datetime] = Counter()  # orders by whole second of their time
+        self._since: datetime | None = None  # the day start the times were last cut at
 
     def add(self, ts: datetime) -> None:
         """One order sent at `ts`."""
+        if self._since is not None and ts < self._since:
+            return  # before the current day: no count reads it again
         self._times.append(ts)
+        self._seconds[ts.replace(microsecond=0)] += 1
 
     def counts(self, now: datetime, since: datetime | None) -> tuple[int, int]:
         """(orders since `since`, the day's start; orders in the same second as `now`)."""
-        if since is not None:
-            self._times = [t for t in self._times if t >= since]  # older days are done with
-        second = now.replace(microsecond=0)
-        return len(self._times), sum(1 for t in self._times if t.replace(microsecond=0) == second)
+        if since is not None and since != self._since:  # a new day: older days are done with
+            self._times = [t for t in self._times if t >= since]
+            self._seconds = Counter(t.replace(microsecond=0) for t in self._times)
+            self._since = since
+        return len(self._times), self._seconds[now.replace(microsecond=0)]

@@ -33,7 +33,6 @@ from bot.feeds import BarRevision, Feed, FeedItem
 from bot.journal import BatchRecord, BookState, Decision, EquityPoint, Journal
 from bot.ledger import Ledger, Split
 from bot.logs import JsonLines, get_logger
-from bot.model import Prediction
 from bot.model.forecaster import Forecaster
 from bot.orders import (
     FILL_MEMORY,
@@ -66,7 +65,7 @@ from bot.risk import (
     plan_order,
 )
 from bot.store.retry import DatabaseRetry
-from bot.strategy import ForecastStrategy, Target
+from bot.strategy import ForecastStrategy, Prediction, Target
 
 T = TypeVar("T")
 _END = object()  # end-of-stream marker on the bar queue

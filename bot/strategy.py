@@ -1,4 +1,7 @@
-"""Strategy: a predicted return becomes a target weight, the share of the strategy's maximum position."""
+"""Strategy: a predicted return becomes a target weight, the share of the strategy's maximum position.
+
+`Prediction` lives here, beside its consumer, not in `bot.model`: the journal, risk and the report commands
+use it, and they must load without torch."""
 
 from __future__ import annotations
 
@@ -6,7 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.config import StrategyConfig
-from bot.model.predictor import Prediction
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The model's forecast for one symbol at one bar's close."""
+
+    strategy: str
+    symbol: str
+    bar_ts: datetime
+    predicted_return: float
+    horizon: int
+    model_version: str
 
 
 @dataclass(frozen=True, slots=True)

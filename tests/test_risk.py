@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from bot.config import RiskSettings
-from bot.model.predictor import Prediction
 from bot.orders import Side
 from bot.risk import (
     CHECK_CODES,
@@ -32,7 +31,7 @@ from bot.risk import (
     plan_order,
 )
 from bot.risk.sizing import floor_lots
-from bot.strategy import Target
+from bot.strategy import Prediction, Target
 
 D = Decimal
 T0 = datetime(2024, 1, 2, 9, 0, tzinfo=UTC)

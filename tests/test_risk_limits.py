@@ -457,8 +457,7 @@ def _simulate(episode: dict[str, Any]) -> None:
             weight = max(-1.0, min(1.0, forecast / 0.002))
             if not episode["allow_short"]:
                 weight = max(0.0, weight)
-            from bot.model.predictor import Prediction
-            from bot.strategy import Target
+            from bot.strategy import Prediction, Target
 
             prediction = Prediction("s", bar.symbol, bar.ts, forecast, 1, "t")
             full = sizer.full_fraction(bar.symbol, forecast)

@@ -20,6 +20,7 @@ from bot.store.db import (
     current_revision,
     downgrade,
     head_revisions,
+    literal_heads,
     make_engine,
     schema_is_current,
     session_factory,
@@ -135,6 +136,57 @@ def test_downgrade_to_base_then_upgrade_again(db_url: str) -> None:
         assert _schema_diff(engine) == []
     finally:
         engine.dispose()
+
+
+def test_a_database_one_migration_behind_is_not_current(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        upgrade(db_url)
+        downgrade(db_url, "-1")
+        assert not schema_is_current(engine)
+        upgrade(db_url)
+        assert schema_is_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_the_heads_read_without_alembic_are_alembics() -> None:
+    assert literal_heads() == frozenset(head_revisions())
+
+
+HEADER = "from collections.abc import Sequence\n\n"
+
+
+def _scripts(folder: Path, **scripts: str) -> Path:
+    folder.mkdir()
+    for name, body in scripts.items():
+        (folder / f"{name}.py").write_text(HEADER + body, encoding="utf-8")
+    return folder
+
+
+def test_heads_are_read_from_plain_scripts_only(tmp_path: Path) -> None:
+    """Branches and merges are followed; a script that is not plain literals leaves it to Alembic."""
+    plain = {
+        "a": 'revision = "a"\ndown_revision = None\n',
+        "b": 'revision: str = "b"\ndown_revision: str | None = "a"\n',
+        "c": 'revision = "c"\ndown_revision = "a"\n',
+        "__init__": "revision = compute()\n",  # skipped, as Alembic skips it
+    }
+    assert literal_heads(_scripts(tmp_path / "branches", **plain)) == {"b", "c"}
+    merged = _scripts(tmp_path / "merged", **plain, d='revision = "d"\ndown_revision = ("b", "c")\n')
+    assert literal_heads(merged) == {"d"}
+    for i, odd in enumerate(
+        [
+            'revision = "e"\n',  # no down_revision
+            'revision = "e" + "f"\ndown_revision = "a"\n',
+            'revision = "e"\ndown_revision = "a"\nif True:\n    revision = "f"\n',
+            'revision = "e"\ndown_revision = "a"\nrevision = "f"\n',
+            'revision = "e"\ndown_revision = 7\n',
+            "revision = (\n",
+        ]
+    ):
+        assert literal_heads(_scripts(tmp_path / f"odd{i}", **plain, e=odd)) is None, odd
+    assert literal_heads(_scripts(tmp_path / "empty")) is None
 
 
 # --- money ------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from bot.model.card import ModelCard
 from bot.model.network import LSTMForecaster
-from bot.model.predictor import Prediction, Predictor, resolve_device
+from bot.model.predictor import Predictor, resolve_device
 from bot.model.registry import LoadedModel, check_compatible, latest_version, load_model, save_model
+from bot.strategy import Prediction  # re-exported where it used to live
 
 __all__ = [
     "LSTMForecaster",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -74,15 +72,3 @@ class Predictor:
         with torch.inference_mode():
             out = self._network(torch.from_numpy(np.ascontiguousarray(scaled)).to(self.device), assets)
         return np.asarray(out.double().cpu().numpy() * self._scales, dtype=np.float64)
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """The model's forecast for one symbol at one bar's close."""
-
-    strategy: str
-    symbol: str
-    bar_ts: datetime
-    predicted_return: float
-    horizon: int
-    model_version: str

@@ -1,25 +1,31 @@
-"""Engines, sessions and schema migrations for SQLite (single host, WAL) and PostgreSQL."""
+"""Engines, sessions and schema migrations for SQLite (single host, WAL) and PostgreSQL.
+
+Alembic is imported by the migration functions themselves: it is a tenth of a second that the report
+commands, which only read, never need, and that `schema_is_current` spares on a database already at
+the latest migration."""
 
 from __future__ import annotations
 
+import ast
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 import bot
 from bot.errors import ConfigError, DatabaseFaultError, OperationalError, PaperbotError
 from bot.store.faults import Fault, classify
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(bot.__file__).resolve().parent.parent / "migrations"
 """The Alembic script directory (env.py, versions/) at the repository root."""
+
+VERSION_TABLE = "alembic_version"  # Alembic's default: env.py does not rename it
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite writer waits for another writer's lock before failing with 'database is locked'
@@ -83,6 +89,8 @@ def alembic_config(url: str) -> Config:
     The URL travels in `config.attributes`, not in the ini-style options, because ConfigParser would
     treat a '%' in it (URL-encoded passwords, `options=-csearch_path%3D...`) as interpolation.
     """
+    from alembic.config import Config  # noqa: PLC0415
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["url"] = url
@@ -91,31 +99,109 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at `url` forward to `revision` (default: the latest)."""
+    from alembic import command  # noqa: PLC0415
+
     command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
     """Migrate the database at `url` back to `revision` ("base" removes every table)."""
+    from alembic import command  # noqa: PLC0415
+
     command.downgrade(alembic_config(url), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revisions() -> tuple[str, ...]:
     """The latest revision(s) in `migrations/versions` (one unless branches were left unmerged)."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
     script = ScriptDirectory.from_config(alembic_config(""))
     return tuple(script.get_heads())
 
 
 def schema_is_current(engine: Engine) -> bool:
     """True when the database is at the latest migration, so the daemon may start writing to it."""
+    heads = literal_heads()
     with engine.connect() as connection:
+        if heads is not None and _stamped_heads(connection) == heads:
+            return True  # the usual answer, found without loading Alembic
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
         current = MigrationContext.configure(connection).get_current_heads()
     return set(current) == set(head_revisions())
+
+
+def _stamped_heads(connection: Connection) -> frozenset[str] | None:
+    """The revisions in the database's version table (as Alembic reads them), None without the table."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    return frozenset(connection.scalars(text(f"SELECT version_num FROM {VERSION_TABLE}")))
+
+
+def literal_heads(versions: Path = MIGRATIONS_DIR / "versions") -> frozenset[str] | None:
+    """The head revisions of the scripts in `versions`, read from their literal `revision` and
+    `down_revision` without importing Alembic or the scripts; None when a script is not that plain, or
+    there is none, so that only Alembic's own reading (`head_revisions`) decides those cases."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions.glob("*.py"):
+        if path.name.startswith(("__init__", ".#")):  # the files Alembic skips
+            continue
+        ids = _literal_ids(path)
+        if ids is None:
+            return None
+        revision, down = ids["revision"], ids["down_revision"]
+        if not isinstance(revision, str):
+            return None
+        revisions.add(revision)
+        if isinstance(down, str):
+            parents.add(down)
+        elif isinstance(down, tuple | list) and all(isinstance(d, str) for d in down):
+            parents.update(down)
+        elif down is not None:
+            return None
+    return frozenset(revisions - parents) if revisions else None
+
+
+_SCRIPT_IDS = ("revision", "down_revision")
+
+
+def _literal_ids(path: Path) -> dict[str, object] | None:
+    """`revision` and `down_revision` of one script when each is bound once, at module level, to a
+    literal; None otherwise (missing, bound in a branch or a loop, computed, or the file does not
+    parse)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    bound = sum(
+        isinstance(node, ast.Name) and node.id in _SCRIPT_IDS and not isinstance(node.ctx, ast.Load)
+        for node in ast.walk(tree)
+    )
+    ids: dict[str, object] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target, value = statement.targets[0], statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target, value = statement.target, statement.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in _SCRIPT_IDS:
+            if target.id in ids:
+                return None
+            try:
+                ids[target.id] = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError, RecursionError):
+                return None
+    return ids if len(ids) == bound == len(_SCRIPT_IDS) else None
 
 
 def ensure_schema(url: str) -> None:

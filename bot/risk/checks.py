@@ -157,9 +157,11 @@ class RiskEngine:
         resized_by: str | None = None
         denied_by: str | None = None
         qty = request.qty
+        floored = False  # qty is a floor_lots result, which floor_lots leaves exactly as it is
         for code, check in self._checks:
             allowed, detail = check(request, qty, view, rules)
-            allowed = floor_lots(min(qty, allowed), rules.lot_size)
+            allowed = qty if floored and allowed >= qty else floor_lots(min(qty, allowed), rules.lot_size)
+            floored = True
             if allowed <= 0:
                 results.append(CheckResult(code, CheckOutcome.DENY, Decimal(0), detail))
                 denied_by = denied_by or code

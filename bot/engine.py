@@ -690,8 +690,13 @@ class Engine:
 
         self._decisions.flush()  # the decisions are told before they are recorded, as they are taken
         await self._record(record)
+        # Every intent is durable now. Their answers are recorded together, in one transaction after the
+        # last submit: a crash before it leaves intents without answers, which reconciliation settles.
+        answers = BatchRecord(ts=self.market_now())
         for intent in intents:
-            await self._submit(intent)
+            await self._submit(intent, answers)
+        if answers.updates or answers.alerts:
+            await self._record(answers)
         self.stats.batches += 1
         self.stats.bars += len(accepted)
         self._forget_old_fills()
@@ -1015,10 +1020,11 @@ class Engine:
             },
         )
 
-    async def _submit(self, intent: OrderIntent) -> None:
+    async def _submit(self, intent: OrderIntent, answers: BatchRecord | None = None) -> None:
         """Send one journaled intent. An unknown outcome leaves it UNKNOWN until reconciliation, asking the
         broker by client order id, settles it; it is never re-sent blindly. A broker that cannot take
-        orders now (nothing sent) leaves it NEW, for the reconciliation after the broker is back."""
+        orders now (nothing sent) leaves it NEW, for the reconciliation after the broker is back. The
+        answer (and its alert) goes into `answers`, for the caller to record, or else is recorded now."""
         cid = intent.client_order_id
         alerts = []
         try:
@@ -1040,7 +1046,11 @@ class Engine:
                 )
             )
             self.request_reconcile("unknown order", self._settle_delay)
-        await self._record_order(order, alerts)
+        if answers is None:
+            await self._record_order(order, alerts)
+        else:
+            answers.alerts.extend(alerts)
+            await self._apply_updates([OrderUpdate(order, self.market_now())], answers)
 
     async def _record_order(self, order: BrokerOrder, alerts: Sequence[Alert] = ()) -> None:
         """An order's new state from outside the broker's events (its answer to a submit, an expiry): the

@@ -14,7 +14,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, Table, bindparam, func, insert, select
+from sqlalchemy import update as update_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -111,6 +112,63 @@ class BookState:
 
 _OPEN_STATUSES = [s.value for s in OrderStatus if s.is_open]  # orders that may still fill
 
+# The batch's statements, built once: a prebuilt construct is not built again per batch, and its compiled
+# form comes from the engine's statement cache.
+_TABLES = m.Base.metadata.tables
+_ORDERS: Table = _TABLES["orders"]
+_DECISIONS: Table = _TABLES["risk_decisions"]
+_POSITIONS: Table = _TABLES["positions"]
+_MARKET_STATE: Table = _TABLES["market_state"]
+_TRADING_STATES: Table = _TABLES["trading_states"]
+
+
+class _BulkInsert:
+    """One table's INSERT for many rows, built once, in the form that is one statement on each backend."""
+
+    def __init__(self, table: Table) -> None:
+        self._plain = insert(table)
+        # psycopg 3 runs a plain executemany as one INSERT per row (pipelined); with RETURNING, SQLAlchemy
+        # sends pages of multi-row VALUES instead ("insertmanyvalues"), one statement per 1000 rows.
+        self._paged = insert(table).returning(*table.primary_key.columns)
+
+    def __call__(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` (at least one)."""
+        paged = connection.dialect.name == "postgresql"
+        connection.execute(self._paged if paged else self._plain, rows)
+
+
+_INSERT_PREDICTIONS = _BulkInsert(_TABLES["predictions"])
+_INSERT_DECISIONS = _BulkInsert(_DECISIONS)
+_INSERT_DECISION = insert(_DECISIONS)
+_INSERT_DECISION_RETURNING = insert(_DECISIONS).returning(_DECISIONS.c.id, sort_by_parameter_order=True)
+_LAST_DECISION = select(func.max(_DECISIONS.c.id))
+_INSERT_ORDERS = _BulkInsert(_ORDERS)
+_INSERT_FILLS = _BulkInsert(_TABLES["fills"])
+_INSERT_ALERTS = _BulkInsert(_TABLES["alerts"])
+_INSERT_EQUITY = insert(_TABLES["equity_snapshots"])
+_INSERT_SPLIT = insert(_TABLES["splits"])
+_INSERT_STATE_EVENT = insert(_TABLES["trading_state_events"])
+_ORDER_STATE = select(
+    _ORDERS.c.id,
+    _ORDERS.c.client_order_id,
+    _ORDERS.c.strategy,
+    _ORDERS.c.qty,
+    _ORDERS.c.status,
+    _ORDERS.c.filled_qty,
+    _ORDERS.c.avg_fill_price,
+    _ORDERS.c.broker_order_id,
+    _ORDERS.c.reason,
+)
+_ORDERS_BY_CID = _ORDER_STATE.where(_ORDERS.c.client_order_id.in_(bindparam("cids", expanding=True)))
+_OPEN_ORDERS_OF = _ORDER_STATE.where(
+    _ORDERS.c.book_id == bindparam("book_id"),
+    _ORDERS.c.symbol == bindparam("symbol"),
+    _ORDERS.c.status.in_(_OPEN_STATUSES),
+).order_by(_ORDERS.c.id)
+# The SET clause is the parameters' other keys; updated_at comes from the column's onupdate.
+_UPDATE_ORDER = update_(_ORDERS).where(_ORDERS.c.id == bindparam("row_id"))
+_IN_CHUNK = 500  # client order ids per SELECT ... IN (far below SQLite's and PostgreSQL's limits)
+
 
 def saved_state(row: m.TradingState) -> SavedState:
     """The tracker state a trading_states row holds."""
@@ -142,22 +200,30 @@ def tracker_row(book_id: int, tracker: TradingStateTracker) -> dict[str, Any]:
 
 
 def write_state_events(session: Session, book_id: int, changes: Iterable[TradingStateChange]) -> list[int]:
-    """One trading_state_events row per change; returns their ids."""
+    """One trading_state_events row per change, in the session's transaction; returns their ids."""
+    return insert_state_events(session.connection(), book_id, changes)
+
+
+def insert_state_events(
+    connection: Connection, book_id: int, changes: Iterable[TradingStateChange]
+) -> list[int]:
+    """One trading_state_events row per change; returns their ids (one INSERT each: they are rare)."""
     ids = []
     for c in changes:
-        row = m.TradingStateEvent(
-            book_id=book_id,
-            ts=c.ts,
-            scope=c.scope,
-            previous=c.previous.value,
-            state=c.state.value,
-            source=c.source.value,
-            reason=c.reason,
-            equity=None if c.equity is None else stored(c.equity),
+        result = connection.execute(
+            _INSERT_STATE_EVENT,
+            {
+                "book_id": book_id,
+                "ts": c.ts,
+                "scope": c.scope,
+                "previous": c.previous.value,
+                "state": c.state.value,
+                "source": c.source.value,
+                "reason": c.reason,
+                "equity": None if c.equity is None else stored(c.equity),
+            },
         )
-        session.add(row)
-        session.flush()
-        ids.append(row.id)
+        ids.append(result.inserted_primary_key[0])  # type: ignore[index]  # an INSERT always has one
     return ids
 
 
@@ -189,22 +255,24 @@ class Journal:
         self.run_id = run_id
         self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
 
-    def _upsert(self, session: Session, model: type[m.Base], rows: list[dict[str, Any]]) -> None:
-        """INSERT .. ON CONFLICT (primary key) DO UPDATE on SQLite and PostgreSQL.
+    def _upsert(self, connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """INSERT .. ON CONFLICT (primary key) DO UPDATE on SQLite and PostgreSQL, all rows in one statement.
 
         Built once per table and column set: building `excluded` costs more than the write itself."""
         if not rows:
             return
-        table = model.__table__
-        name = session.get_bind().dialect.name
-        key = (name, model.__tablename__, tuple(rows[0]))
+        name = connection.dialect.name
+        key = (name, table.name, tuple(rows[0]))
         stmt = self._upserts.get(key)
         if stmt is None:
             insert_ = (postgresql if name == "postgresql" else sqlite).insert(table)
             keys = [c.name for c in table.primary_key]
             updates = {c: insert_.excluded[c] for c in rows[0] if c not in keys}
-            stmt = self._upserts[key] = insert_.on_conflict_do_update(index_elements=keys, set_=updates)
-        session.execute(stmt, rows)
+            stmt = insert_.on_conflict_do_update(index_elements=keys, set_=updates)
+            if name == "postgresql":  # one statement per page of rows, not one per row (see _BulkInsert)
+                stmt = stmt.returning(*table.primary_key.columns)
+            self._upserts[key] = stmt
+        connection.execute(stmt, rows)
 
     # ---- books and runs -------------------------------------------------------------------------
 
@@ -347,17 +415,22 @@ class Journal:
             return [OperatorEvent(r.id, r.scope, TradingState(r.state), r.reason, r.ts) for r in rows]
 
     # ---- the bar path ---------------------------------------------------------------------------
+    # A batch is one transaction of Core statements on the session's connection, one statement per table
+    # (an executemany): no ORM unit of work, no flush per row. The session stays because DatabaseRetry
+    # notes the transaction id in its before_commit hook (PostgreSQL's lost-COMMIT check).
 
     def record_batch(self, batch: BatchRecord) -> None:
-        """Write one batch in one transaction."""
+        """Write one batch in one transaction. Reads nothing but `batch`, so a redo after a temporary fault
+        writes the same rows."""
         with self._sessions.begin() as session:
+            connection = session.connection()
             for jump in batch.splits:  # first: the fills of this batch are at the new scale already
-                self._write_split(session, jump)
-            self._write_updates(session, batch.updates)
+                self._write_split(connection, jump)
+            self._write_updates(connection, batch.updates)
             # positions and market_state are caches of the fills and the bars, kept in the same transaction.
             self._upsert(
-                session,
-                m.Position,
+                connection,
+                _POSITIONS,
                 [
                     {
                         "book_id": self.book_id,
@@ -369,8 +442,8 @@ class Journal:
                 ],
             )
             self._upsert(
-                session,
-                m.MarketState,
+                connection,
+                _MARKET_STATE,
                 [
                     {
                         "book_id": self.book_id,
@@ -383,8 +456,8 @@ class Journal:
                 ],
             )
             if batch.predictions:
-                session.execute(
-                    insert(m.Prediction),
+                _INSERT_PREDICTIONS(
+                    connection,
                     [
                         {
                             "book_id": self.book_id,
@@ -400,165 +473,253 @@ class Journal:
                         for t, version_id in batch.predictions
                     ],
                 )
-            for item in batch.decisions:
-                self._write_decision(session, item)
-            self.write_alerts(session, batch.alerts)
-            write_state_events(session, self.book_id, batch.state_changes)
+            self._write_decisions(connection, batch.decisions)
+            self._insert_alerts(connection, batch.alerts)
+            insert_state_events(connection, self.book_id, batch.state_changes)
             if batch.equity is not None:
-                self._write_equity(session, batch.equity, m.SnapshotKind.BAR)
-            self._write_trackers(session, batch.trackers)
+                self._insert_equity(connection, batch.equity, m.SnapshotKind.BAR)
+            self._write_trackers(connection, batch.trackers)
 
-    def _write_split(self, session: Session, jump: Jump) -> None:
+    def _write_split(self, connection: Connection, jump: Jump) -> None:
         """The split's row, and its symbol's open orders scaled as the engine scaled them."""
         assert jump.split is not None
         ratio = jump.split
-        session.add(
-            m.Split(
-                book_id=self.book_id,
-                symbol=jump.symbol,
-                ts=jump.ts,
-                new_shares=ratio.numerator,
-                old_shares=ratio.denominator,
-                before_close=stored(to_decimal(jump.before)),
-                after_open=stored(to_decimal(jump.after)),
-            )
+        connection.execute(
+            _INSERT_SPLIT,
+            {
+                "book_id": self.book_id,
+                "symbol": jump.symbol,
+                "ts": jump.ts,
+                "new_shares": ratio.numerator,
+                "old_shares": ratio.denominator,
+                "before_close": stored(to_decimal(jump.before)),
+                "after_open": stored(to_decimal(jump.after)),
+            },
         )
-        for row in session.scalars(
-            select(m.Order).where(
-                m.Order.book_id == self.book_id,
-                m.Order.symbol == jump.symbol,
-                m.Order.status.in_(_OPEN_STATUSES),
-            )
-        ):
-            row.qty, row.filled_qty = split_qty(row.qty, ratio), split_qty(row.filled_qty, ratio)
+        scaled = [
+            {
+                "row_id": row.id,
+                "qty": split_qty(row.qty, ratio),
+                "filled_qty": split_qty(row.filled_qty, ratio),
+            }
+            for row in connection.execute(_OPEN_ORDERS_OF, {"book_id": self.book_id, "symbol": jump.symbol})
+        ]
+        if scaled:
+            connection.execute(_UPDATE_ORDER, scaled)
 
-    def _write_updates(self, session: Session, updates: Sequence[OrderUpdate]) -> None:
-        """Each fill a row (the engine passes each broker fill id once), then the order's status."""
+    def _write_updates(self, connection: Connection, updates: Sequence[OrderUpdate]) -> None:
+        """Each fill a row (the engine passes each broker fill id once), then the order's status. The orders
+        are read in one SELECT, moved in memory in the updates' order, and the ones that moved written back
+        in one executemany."""
+        if not updates:
+            return
+        wanted = list(dict.fromkeys(u.client_order_id for u in updates))
+        orders: dict[str, _OrderState] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            for row in connection.execute(_ORDERS_BY_CID, {"cids": wanted[start : start + _IN_CHUNK]}):
+                orders[row.client_order_id] = _OrderState(
+                    row.id,
+                    row.strategy,
+                    row.qty,
+                    row.status,
+                    row.filled_qty,
+                    row.avg_fill_price,
+                    row.broker_order_id,
+                    row.reason,
+                )
+        fills: list[dict[str, Any]] = []
         for update in updates:
-            order = self._order_row(session, update.client_order_id)
+            order = orders.get(update.client_order_id)
+            if order is None:
+                raise LookupError(f"no journaled order {update.client_order_id}")
             fill = update.fill
             if fill is not None:
-                filled = order.filled_qty + fill.qty
-                avg = (
-                    (order.avg_fill_price or Decimal(0)) * order.filled_qty + fill.price * fill.qty
-                ) / filled
-                order.filled_qty, order.avg_fill_price = filled, money(avg)
-                self._move_status(
-                    order, OrderStatus.FILLED if filled >= order.qty else OrderStatus.PARTIALLY_FILLED
-                )
-                session.add(
-                    m.Fill(
-                        book_id=self.book_id,
-                        order_id=order.id,
-                        client_order_id=fill.client_order_id,
-                        strategy=order.strategy,
-                        symbol=fill.symbol,
-                        side=fill.side.value,
-                        qty=fill.qty,
-                        price=fill.price,
-                        commission=fill.commission,
-                        ts=fill.ts,
-                        broker_fill_id=fill.broker_fill_id,
-                    )
+                order.add_fill(fill)
+                fills.append(
+                    {
+                        "book_id": self.book_id,
+                        "order_id": order.id,
+                        "client_order_id": fill.client_order_id,
+                        "strategy": order.strategy,
+                        "symbol": fill.symbol,
+                        "side": fill.side.value,
+                        "qty": fill.qty,
+                        "price": fill.price,
+                        "commission": fill.commission,
+                        "ts": fill.ts,
+                        "broker_fill_id": fill.broker_fill_id,
+                    }
                 )
             if update.order is not None:
-                self._apply_order(order, update.order)
+                order.apply(update.order)
+        if fills:
+            _INSERT_FILLS(connection, fills)
+        moved = [o.update_row() for o in orders.values() if o.moved]
+        if moved:
+            connection.execute(_UPDATE_ORDER, moved)
 
-    @staticmethod
-    def _order_row(session: Session, client_order_id: str) -> m.Order:
-        row = session.scalar(select(m.Order).where(m.Order.client_order_id == client_order_id))
-        if row is None:
-            raise LookupError(f"no journaled order {client_order_id}")
-        return row
-
-    @staticmethod
-    def _move_status(row: m.Order, status: OrderStatus) -> None:
-        # Updates arrive out of order (a fill event before the submit's answer): never move backwards.
-        if OrderStatus(row.status).may_become(status):
-            row.status = status.value
-
-    def _apply_order(self, row: m.Order, order: BrokerOrder) -> None:
-        """The broker's view of the order: status (forward only), its id, and why it ended."""
-        # A FILLED from the broker before its last fill is recorded would overstate the row: the fills
-        # move it to FILLED themselves.
-        if order.status is not OrderStatus.FILLED or row.filled_qty >= row.qty:
-            self._move_status(row, order.status)
-        row.broker_order_id = order.broker_order_id or row.broker_order_id
-        row.reason = order.reason or row.reason
-
-    def _write_decision(self, session: Session, item: Decision) -> None:
-        d = item.decision
-        row = m.RiskDecision(
-            book_id=self.book_id,
-            run_id=self.run_id,
-            strategy=d.request.strategy,
-            symbol=d.request.symbol,
-            bar_ts=d.request.bar_ts,
-            side=d.request.side.value,
-            requested_qty=d.request.qty,
-            approved_qty=d.approved_qty,
-            outcome=d.outcome.value,
-            reason=d.reason,
-            checks_json=d.checks_json(),
+    def _write_decisions(self, connection: Connection, decisions: Sequence[Decision]) -> None:
+        """The risk decisions, then the orders of those with an intent (status NEW), each table in one
+        statement; an order refers to its decision by id."""
+        if not decisions:
+            return
+        rows = [
+            {
+                "book_id": self.book_id,
+                "run_id": self.run_id,
+                "strategy": d.request.strategy,
+                "symbol": d.request.symbol,
+                "bar_ts": d.request.bar_ts,
+                "side": d.request.side.value,
+                "requested_qty": d.request.qty,
+                "approved_qty": d.approved_qty,
+                "outcome": d.outcome.value,
+                "reason": d.reason,
+                "checks_json": d.checks_json(),
+            }
+            for d in (item.decision for item in decisions)
+        ]
+        if all(item.intent is None for item in decisions):
+            _INSERT_DECISIONS(connection, rows)
+            return
+        ids = _insert_decisions_returning_ids(connection, rows)
+        _INSERT_ORDERS(
+            connection,
+            [
+                {
+                    "book_id": self.book_id,
+                    "run_id": self.run_id,
+                    "client_order_id": i.client_order_id,
+                    "strategy": i.strategy,
+                    "symbol": i.symbol,
+                    "side": i.side.value,
+                    "qty": i.qty,
+                    "bar_ts": i.bar_ts,
+                    "status": OrderStatus.NEW.value,
+                    "risk_decision_id": decision_id,
+                }
+                for decision_id, i in zip(ids, (item.intent for item in decisions), strict=True)
+                if i is not None
+            ],
         )
-        session.add(row)
-        session.flush()
-        if item.intent is not None:
-            i = item.intent
-            order = m.Order(
-                book_id=self.book_id,
-                run_id=self.run_id,
-                client_order_id=i.client_order_id,
-                strategy=i.strategy,
-                symbol=i.symbol,
-                side=i.side.value,
-                qty=i.qty,
-                bar_ts=i.bar_ts,
-                status=OrderStatus.NEW.value,
-                risk_decision_id=row.id,
-            )
-            session.add(order)
-            session.flush()
 
     def write_alerts(self, session: Session, alerts: Iterable[Alert]) -> None:
         """Alert rows in an open transaction."""
-        for a in alerts:
-            session.add(
-                m.Alert(
-                    book_id=self.book_id,
-                    ts=a.ts,
-                    severity=a.severity.value,
-                    kind=a.kind.value,
-                    strategy=a.strategy,
-                    symbol=a.symbol,
-                    message=a.message,
-                    details_json=json.dumps(a.details, default=str) if a.details else None,
-                )
-            )
+        self._insert_alerts(session.connection(), alerts)
 
-    def _write_equity(self, session: Session, point: EquityPoint, kind: m.SnapshotKind) -> None:
-        session.add(
-            m.EquitySnapshot(
-                book_id=self.book_id,
-                ts=point.ts,
-                cash=point.cash,
-                positions_value=point.positions_value,
-                equity=point.equity,
-                peak_equity=point.peak,
-                kind=kind.value,
-            )
+    def _insert_alerts(self, connection: Connection, alerts: Iterable[Alert]) -> None:
+        rows = [
+            {
+                "book_id": self.book_id,
+                "ts": a.ts,
+                "severity": a.severity.value,
+                "kind": a.kind.value,
+                "strategy": a.strategy,
+                "symbol": a.symbol,
+                "message": a.message,
+                "details_json": json.dumps(a.details, default=str) if a.details else None,
+            }
+            for a in alerts
+        ]
+        if rows:
+            _INSERT_ALERTS(connection, rows)
+
+    def _insert_equity(self, connection: Connection, point: EquityPoint, kind: m.SnapshotKind) -> None:
+        connection.execute(
+            _INSERT_EQUITY,
+            {
+                "book_id": self.book_id,
+                "ts": point.ts,
+                "cash": point.cash,
+                "positions_value": point.positions_value,
+                "equity": point.equity,
+                "peak_equity": point.peak,
+                "kind": kind.value,
+            },
         )
 
-    def _write_trackers(self, session: Session, trackers: Sequence[TradingStateTracker]) -> None:
-        self._upsert(session, m.TradingState, [tracker_row(self.book_id, t) for t in trackers])
+    def _write_trackers(self, connection: Connection, trackers: Sequence[TradingStateTracker]) -> None:
+        self._upsert(connection, _TRADING_STATES, [tracker_row(self.book_id, t) for t in trackers])
 
     def record_alerts(self, alerts: Sequence[Alert]) -> None:
         """Alerts outside a batch (start-up, reconciliation)."""
         if alerts:
             with self._sessions.begin() as session:
-                self.write_alerts(session, alerts)
+                self._insert_alerts(session.connection(), alerts)
 
     def record_equity(self, point: EquityPoint, kind: m.SnapshotKind) -> None:
         """A snapshot outside a batch (the periodic job)."""
         with self._sessions.begin() as session:
-            self._write_equity(session, point, kind)
+            self._insert_equity(session.connection(), point, kind)
+
+
+@dataclass(slots=True)
+class _OrderState:
+    """What order updates read and move of one orders row, kept in memory for one batch: the same
+    arithmetic and forward-only rules the row would go through, then written back once if it moved."""
+
+    id: int
+    strategy: str
+    qty: Decimal
+    status: str
+    filled_qty: Decimal
+    avg_fill_price: Decimal | None
+    broker_order_id: str | None
+    reason: str | None
+    loaded: tuple[object, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.loaded = self._moving()
+
+    def _moving(self) -> tuple[object, ...]:
+        return (self.status, self.filled_qty, self.avg_fill_price, self.broker_order_id, self.reason)
+
+    @property
+    def moved(self) -> bool:
+        """Whether anything differs from the row as read (an unchanged row is not written)."""
+        return self._moving() != self.loaded
+
+    def update_row(self) -> dict[str, Any]:
+        """Parameters of `_UPDATE_ORDER` (updated_at comes from the column's onupdate)."""
+        return {
+            "row_id": self.id,
+            "status": self.status,
+            "filled_qty": self.filled_qty,
+            "avg_fill_price": self.avg_fill_price,
+            "broker_order_id": self.broker_order_id,
+            "reason": self.reason,
+        }
+
+    def add_fill(self, fill: Fill) -> None:
+        """A fill: quantity and average price, and the status the fills imply."""
+        filled = self.filled_qty + fill.qty
+        avg = ((self.avg_fill_price or Decimal(0)) * self.filled_qty + fill.price * fill.qty) / filled
+        self.filled_qty, self.avg_fill_price = filled, money(avg)
+        self.move(OrderStatus.FILLED if filled >= self.qty else OrderStatus.PARTIALLY_FILLED)
+
+    def move(self, status: OrderStatus) -> None:
+        """The new status, unless it would move the order backwards."""
+        # Updates arrive out of order (a fill event before the submit's answer): never move backwards.
+        if OrderStatus(self.status).may_become(status):
+            self.status = status.value
+
+    def apply(self, order: BrokerOrder) -> None:
+        """The broker's view of the order: status (forward only), its id, and why it ended."""
+        # A FILLED from the broker before its last fill is recorded would overstate the row: the fills
+        # move it to FILLED themselves.
+        if order.status is not OrderStatus.FILLED or self.filled_qty >= self.qty:
+            self.move(order.status)
+        self.broker_order_id = order.broker_order_id or self.broker_order_id
+        self.reason = order.reason or self.reason
+
+
+def _insert_decisions_returning_ids(connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert risk_decisions rows; their ids, in the rows' order."""
+    if connection.dialect.name == "sqlite":
+        # SQLAlchemy gets ordered RETURNING from SQLite only one INSERT per row. Instead: SQLite has one
+        # writer at a time, this transaction holds the write lock from its first row on, and a new row's id
+        # is the largest id + 1 (sqlite.org/autoinc.html), so the rows hold the last len(rows) ids, in order.
+        connection.execute(_INSERT_DECISION, rows)
+        last = connection.execute(_LAST_DECISION).scalar_one()
+        return list(range(last - len(rows) + 1, last + 1))
+    return list(connection.execute(_INSERT_DECISION_RETURNING, rows).scalars())

@@ -14,10 +14,12 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select
 from sqlalchemy import update as update_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Insert
 
 from bot.alerts import Alert
 from bot.bars import Bar, Jump
@@ -44,6 +46,7 @@ from bot.risk import (
     TradingStateTracker,
 )
 from bot.store import models as m
+from bot.store.bulk import BulkWrite
 from bot.strategy import Target
 
 
@@ -117,34 +120,58 @@ _OPEN_STATUSES = [s.value for s in OrderStatus if s.is_open]  # orders that may 
 _TABLES = m.Base.metadata.tables
 _ORDERS: Table = _TABLES["orders"]
 _DECISIONS: Table = _TABLES["risk_decisions"]
-_POSITIONS: Table = _TABLES["positions"]
-_MARKET_STATE: Table = _TABLES["market_state"]
-_TRADING_STATES: Table = _TABLES["trading_states"]
 
 
-class _BulkInsert:
-    """One table's INSERT for many rows, built once, in the form that is one statement on each backend."""
+@dataclass(frozen=True, slots=True)
+class _Bulk:
+    """A bulk write of the batch: its table, the columns its rows give (tuples in this order), and whether
+    it is an upsert (INSERT .. ON CONFLICT (primary key) DO UPDATE the other columns)."""
 
-    def __init__(self, table: Table) -> None:
-        self._plain = insert(table)
-        # psycopg 3 runs a plain executemany as one INSERT per row (pipelined); with RETURNING, SQLAlchemy
-        # sends pages of multi-row VALUES instead ("insertmanyvalues"), one statement per 1000 rows.
-        self._paged = insert(table).returning(*table.primary_key.columns)
+    table: Table
+    columns: tuple[str, ...]
+    upsert: bool = False
 
-    def __call__(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
-        """Insert `rows` (at least one)."""
-        paged = connection.dialect.name == "postgresql"
-        connection.execute(self._paged if paged else self._plain, rows)
+    def statement(self, dialect: Dialect) -> Insert:
+        """The statement for `dialect` (building an upsert's `excluded` costs more than a write: the
+        journal prepares each once)."""
+        if not self.upsert:
+            return insert(self.table)
+        insert_ = (postgresql if dialect.name == "postgresql" else sqlite).insert(self.table)
+        keys = [c.name for c in self.table.primary_key]
+        updates = {c: insert_.excluded[c] for c in self.columns if c not in keys}
+        upsert: Insert = insert_.on_conflict_do_update(index_elements=keys, set_=updates)
+        return upsert
 
 
-_INSERT_PREDICTIONS = _BulkInsert(_TABLES["predictions"])
-_INSERT_DECISIONS = _BulkInsert(_DECISIONS)
-_INSERT_DECISION = insert(_DECISIONS)
+def _bulk(table: Table, columns: str, upsert: bool = False) -> _Bulk:
+    return _Bulk(table, tuple(columns.split()), upsert)
+
+
+_PREDICTIONS = _bulk(
+    _TABLES["predictions"],
+    "book_id run_id strategy symbol bar_ts model_version_id horizon predicted_return target_weight",
+)
+_DECISION_ROWS = _bulk(
+    _DECISIONS,
+    "book_id run_id strategy symbol bar_ts side requested_qty approved_qty outcome reason checks_json",
+)
+_ORDER_ROWS = _bulk(
+    _ORDERS, "book_id run_id client_order_id strategy symbol side qty bar_ts status risk_decision_id"
+)
+_FILLS = _bulk(
+    _TABLES["fills"],
+    "book_id order_id client_order_id strategy symbol side qty price commission ts broker_fill_id",
+)
+_ALERTS = _bulk(_TABLES["alerts"], "book_id ts severity kind strategy symbol message details_json")
+_POSITIONS = _bulk(_TABLES["positions"], "book_id symbol qty avg_price", upsert=True)
+_MARKET_STATE = _bulk(_TABLES["market_state"], "book_id symbol timeframe last_ts last_close", upsert=True)
+_TRADING_STATES = _bulk(
+    _TABLES["trading_states"],
+    "book_id scope state reason equity_peak cause day_start day_equity event_id updated_at",
+    upsert=True,
+)
 _INSERT_DECISION_RETURNING = insert(_DECISIONS).returning(_DECISIONS.c.id, sort_by_parameter_order=True)
 _LAST_DECISION = select(func.max(_DECISIONS.c.id))
-_INSERT_ORDERS = _BulkInsert(_ORDERS)
-_INSERT_FILLS = _BulkInsert(_TABLES["fills"])
-_INSERT_ALERTS = _BulkInsert(_TABLES["alerts"])
 _INSERT_EQUITY = insert(_TABLES["equity_snapshots"])
 _INSERT_SPLIT = insert(_TABLES["splits"])
 _INSERT_STATE_EVENT = insert(_TABLES["trading_state_events"])
@@ -251,28 +278,21 @@ class Journal:
 
     def __init__(self, sessions: sessionmaker[Session], book_id: int, run_id: int | None = None) -> None:
         self._sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]  # the bar path's writes need no Session
         self.book_id = book_id
         self.run_id = run_id
-        self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+        self._bulk: dict[_Bulk, BulkWrite] = {}
 
-    def _upsert(self, connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-        """INSERT .. ON CONFLICT (primary key) DO UPDATE on SQLite and PostgreSQL, all rows in one statement.
-
-        Built once per table and column set: building `excluded` costs more than the write itself."""
+    def _write(self, connection: Connection, bulk: _Bulk, rows: Sequence[tuple[Any, ...]]) -> None:
+        """`rows` into `bulk`'s table in one statement, prepared on first use for this journal's database."""
         if not rows:
             return
-        name = connection.dialect.name
-        key = (name, table.name, tuple(rows[0]))
-        stmt = self._upserts.get(key)
-        if stmt is None:
-            insert_ = (postgresql if name == "postgresql" else sqlite).insert(table)
-            keys = [c.name for c in table.primary_key]
-            updates = {c: insert_.excluded[c] for c in rows[0] if c not in keys}
-            stmt = insert_.on_conflict_do_update(index_elements=keys, set_=updates)
-            if name == "postgresql":  # one statement per page of rows, not one per row (see _BulkInsert)
-                stmt = stmt.returning(*table.primary_key.columns)
-            self._upserts[key] = stmt
-        connection.execute(stmt, rows)
+        writer = self._bulk.get(bulk)
+        if writer is None:
+            dialect = connection.dialect
+            writer = BulkWrite(bulk.table, bulk.statement(dialect), bulk.columns, dialect)
+            self._bulk[bulk] = writer
+        writer.execute(connection, rows)
 
     # ---- books and runs -------------------------------------------------------------------------
 
@@ -415,64 +435,50 @@ class Journal:
             return [OperatorEvent(r.id, r.scope, TradingState(r.state), r.reason, r.ts) for r in rows]
 
     # ---- the bar path ---------------------------------------------------------------------------
-    # A batch is one transaction of Core statements on the session's connection, one statement per table
-    # (an executemany): no ORM unit of work, no flush per row. The session stays because DatabaseRetry
-    # notes the transaction id in its before_commit hook (PostgreSQL's lost-COMMIT check).
+    # A batch is one transaction of Core statements on a Connection, one statement per table (see _Bulk):
+    # no Session, no ORM unit of work, no flush per row.
 
     def record_batch(self, batch: BatchRecord) -> None:
         """Write one batch in one transaction. Reads nothing but `batch`, so a redo after a temporary fault
         writes the same rows."""
-        with self._sessions.begin() as session:
-            connection = session.connection()
+        with self._engine.begin() as connection:
             for jump in batch.splits:  # first: the fills of this batch are at the new scale already
                 self._write_split(connection, jump)
             self._write_updates(connection, batch.updates)
             # positions and market_state are caches of the fills and the bars, kept in the same transaction.
-            self._upsert(
+            book, run = self.book_id, self.run_id
+            self._write(
                 connection,
                 _POSITIONS,
-                [
-                    {
-                        "book_id": self.book_id,
-                        "symbol": p.symbol,
-                        "qty": p.qty,
-                        "avg_price": money(p.avg_price),
-                    }
-                    for p in batch.positions
-                ],
+                [(book, p.symbol, p.qty, money(p.avg_price)) for p in batch.positions],
             )
-            self._upsert(
+            timeframes = batch.timeframes
+            self._write(
                 connection,
                 _MARKET_STATE,
                 [
-                    {
-                        "book_id": self.book_id,
-                        "symbol": bar.symbol,
-                        "timeframe": batch.timeframes.get(bar.symbol, ""),
-                        "last_ts": bar.ts,
-                        "last_close": stored(to_decimal(bar.close)),
-                    }
+                    (book, bar.symbol, timeframes.get(bar.symbol, ""), bar.ts, stored(to_decimal(bar.close)))
                     for bar in batch.bars
                 ],
             )
-            if batch.predictions:
-                _INSERT_PREDICTIONS(
-                    connection,
-                    [
-                        {
-                            "book_id": self.book_id,
-                            "run_id": self.run_id,
-                            "strategy": t.prediction.strategy,
-                            "symbol": t.prediction.symbol,
-                            "bar_ts": t.prediction.bar_ts,
-                            "model_version_id": version_id,
-                            "horizon": t.prediction.horizon,
-                            "predicted_return": t.prediction.predicted_return,
-                            "target_weight": t.weight,
-                        }
-                        for t, version_id in batch.predictions
-                    ],
-                )
+            self._write(
+                connection,
+                _PREDICTIONS,
+                [
+                    (
+                        book,
+                        run,
+                        t.prediction.strategy,
+                        t.prediction.symbol,
+                        t.prediction.bar_ts,
+                        version_id,
+                        t.prediction.horizon,
+                        t.prediction.predicted_return,
+                        t.weight,
+                    )
+                    for t, version_id in batch.predictions
+                ],
+            )
             self._write_decisions(connection, batch.decisions)
             self._insert_alerts(connection, batch.alerts)
             insert_state_events(connection, self.book_id, batch.state_changes)
@@ -527,7 +533,7 @@ class Journal:
                     row.broker_order_id,
                     row.reason,
                 )
-        fills: list[dict[str, Any]] = []
+        fills: list[tuple[Any, ...]] = []
         for update in updates:
             order = orders.get(update.client_order_id)
             if order is None:
@@ -536,24 +542,23 @@ class Journal:
             if fill is not None:
                 order.add_fill(fill)
                 fills.append(
-                    {
-                        "book_id": self.book_id,
-                        "order_id": order.id,
-                        "client_order_id": fill.client_order_id,
-                        "strategy": order.strategy,
-                        "symbol": fill.symbol,
-                        "side": fill.side.value,
-                        "qty": fill.qty,
-                        "price": fill.price,
-                        "commission": fill.commission,
-                        "ts": fill.ts,
-                        "broker_fill_id": fill.broker_fill_id,
-                    }
+                    (
+                        self.book_id,
+                        order.id,
+                        fill.client_order_id,
+                        order.strategy,
+                        fill.symbol,
+                        fill.side.value,
+                        fill.qty,
+                        fill.price,
+                        fill.commission,
+                        fill.ts,
+                        fill.broker_fill_id,
+                    )
                 )
             if update.order is not None:
                 order.apply(update.order)
-        if fills:
-            _INSERT_FILLS(connection, fills)
+        self._write(connection, _FILLS, fills)
         moved = [o.update_row() for o in orders.values() if o.moved]
         if moved:
             connection.execute(_UPDATE_ORDER, moved)
@@ -563,45 +568,50 @@ class Journal:
         statement; an order refers to its decision by id."""
         if not decisions:
             return
+        book, run = self.book_id, self.run_id
         rows = [
-            {
-                "book_id": self.book_id,
-                "run_id": self.run_id,
-                "strategy": d.request.strategy,
-                "symbol": d.request.symbol,
-                "bar_ts": d.request.bar_ts,
-                "side": d.request.side.value,
-                "requested_qty": d.request.qty,
-                "approved_qty": d.approved_qty,
-                "outcome": d.outcome.value,
-                "reason": d.reason,
-                "checks_json": d.checks_json(),
-            }
+            (
+                book,
+                run,
+                d.request.strategy,
+                d.request.symbol,
+                d.request.bar_ts,
+                d.request.side.value,
+                d.request.qty,
+                d.approved_qty,
+                d.outcome.value,
+                d.reason,
+                d.checks_json(),
+            )
             for d in (item.decision for item in decisions)
         ]
         if all(item.intent is None for item in decisions):
-            _INSERT_DECISIONS(connection, rows)
+            self._write(connection, _DECISION_ROWS, rows)
             return
-        ids = _insert_decisions_returning_ids(connection, rows)
-        _INSERT_ORDERS(
+        ids = self._write_returning_ids(connection, rows)
+        new = OrderStatus.NEW.value
+        self._write(
             connection,
+            _ORDER_ROWS,
             [
-                {
-                    "book_id": self.book_id,
-                    "run_id": self.run_id,
-                    "client_order_id": i.client_order_id,
-                    "strategy": i.strategy,
-                    "symbol": i.symbol,
-                    "side": i.side.value,
-                    "qty": i.qty,
-                    "bar_ts": i.bar_ts,
-                    "status": OrderStatus.NEW.value,
-                    "risk_decision_id": decision_id,
-                }
-                for decision_id, i in zip(ids, (item.intent for item in decisions), strict=True)
+                (book, run, i.client_order_id, i.strategy, i.symbol, i.side.value, i.qty, i.bar_ts, new, id_)
+                for id_, i in zip(ids, (item.intent for item in decisions), strict=True)
                 if i is not None
             ],
         )
+
+    def _write_returning_ids(self, connection: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert risk_decisions rows; their ids, in the rows' order."""
+        if connection.dialect.name == "sqlite":
+            # SQLAlchemy gets ordered RETURNING from SQLite only one INSERT per row. Instead: SQLite has one
+            # writer at a time, this transaction holds the write lock from its first row on, and a new row's
+            # id is the largest id + 1 (sqlite.org/autoinc.html): the rows hold the last len(rows) ids, in
+            # order.
+            self._write(connection, _DECISION_ROWS, rows)
+            last = connection.execute(_LAST_DECISION).scalar_one()
+            return list(range(last - len(rows) + 1, last + 1))
+        params = [dict(zip(_DECISION_ROWS.columns, r, strict=True)) for r in rows]
+        return list(connection.execute(_INSERT_DECISION_RETURNING, params).scalars())
 
     def write_alerts(self, session: Session, alerts: Iterable[Alert]) -> None:
         """Alert rows in an open transaction."""
@@ -609,20 +619,19 @@ class Journal:
 
     def _insert_alerts(self, connection: Connection, alerts: Iterable[Alert]) -> None:
         rows = [
-            {
-                "book_id": self.book_id,
-                "ts": a.ts,
-                "severity": a.severity.value,
-                "kind": a.kind.value,
-                "strategy": a.strategy,
-                "symbol": a.symbol,
-                "message": a.message,
-                "details_json": json.dumps(a.details, default=str) if a.details else None,
-            }
+            (
+                self.book_id,
+                a.ts,
+                a.severity.value,
+                a.kind.value,
+                a.strategy,
+                a.symbol,
+                a.message,
+                json.dumps(a.details, default=str) if a.details else None,
+            )
             for a in alerts
         ]
-        if rows:
-            _INSERT_ALERTS(connection, rows)
+        self._write(connection, _ALERTS, rows)
 
     def _insert_equity(self, connection: Connection, point: EquityPoint, kind: m.SnapshotKind) -> None:
         connection.execute(
@@ -639,18 +648,19 @@ class Journal:
         )
 
     def _write_trackers(self, connection: Connection, trackers: Sequence[TradingStateTracker]) -> None:
-        self._upsert(connection, _TRADING_STATES, [tracker_row(self.book_id, t) for t in trackers])
+        rows = [tracker_row(self.book_id, t) for t in trackers]
+        self._write(connection, _TRADING_STATES, [tuple(r[c] for c in _TRADING_STATES.columns) for r in rows])
 
     def record_alerts(self, alerts: Sequence[Alert]) -> None:
         """Alerts outside a batch (start-up, reconciliation)."""
         if alerts:
-            with self._sessions.begin() as session:
-                self._insert_alerts(session.connection(), alerts)
+            with self._engine.begin() as connection:
+                self._insert_alerts(connection, alerts)
 
     def record_equity(self, point: EquityPoint, kind: m.SnapshotKind) -> None:
         """A snapshot outside a batch (the periodic job)."""
-        with self._sessions.begin() as session:
-            self._insert_equity(session.connection(), point, kind)
+        with self._engine.begin() as connection:
+            self._insert_equity(connection, point, kind)
 
 
 @dataclass(slots=True)
@@ -711,15 +721,3 @@ class _OrderState:
             self.move(order.status)
         self.broker_order_id = order.broker_order_id or self.broker_order_id
         self.reason = order.reason or self.reason
-
-
-def _insert_decisions_returning_ids(connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert risk_decisions rows; their ids, in the rows' order."""
-    if connection.dialect.name == "sqlite":
-        # SQLAlchemy gets ordered RETURNING from SQLite only one INSERT per row. Instead: SQLite has one
-        # writer at a time, this transaction holds the write lock from its first row on, and a new row's id
-        # is the largest id + 1 (sqlite.org/autoinc.html), so the rows hold the last len(rows) ids, in order.
-        connection.execute(_INSERT_DECISION, rows)
-        last = connection.execute(_LAST_DECISION).scalar_one()
-        return list(range(last - len(rows) + 1, last + 1))
-    return list(connection.execute(_INSERT_DECISION_RETURNING, rows).scalars())

@@ -8,8 +8,9 @@ that is still there `stop_grace_seconds` after a stop was requested, ends the ca
 `DatabaseFaultError` (exit code 3); a full disk or a read-only database ends it at once.
 
 On PostgreSQL a connection can drop while a COMMIT is in flight, and then nobody knows whether it landed.
-Before each commit the transaction's id is noted (`txid_current_if_assigned()`); before a write is redone,
-`txid_status()` says whether that commit landed, so a write is never recorded twice.
+Before each commit on the engine (a Session's or a bare Connection's) the transaction's id is noted
+(`txid_current_if_assigned()`); before a write is redone, `txid_status()` says whether that commit landed,
+so a write is never recorded twice.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,17 +58,19 @@ class DatabaseRetry:
         self._waiting = 0
         self._log = get_logger("paperbot.database")
         if make_url(url).get_backend_name() == "postgresql":
-            event.listen(sessions, "before_commit", self._note_xid)
+            # On the engine, not the sessions: the journal writes its batches on a Connection of its own.
+            engine: Engine = sessions.kw["bind"]
+            event.listen(engine, "commit", self._note_xid)
 
     @property
     def waiting(self) -> bool:
         """True while a call waits between two tries: what is in memory is not all recorded."""
         return self._waiting > 0
 
-    def _note_xid(self, session: Session) -> None:
-        # Flushed first, so that a transaction that writes anything has its id already.
-        session.flush()
-        self._xid = session.scalar(text("SELECT txid_current_if_assigned()"))
+    def _note_xid(self, connection: Connection) -> None:
+        # Called just before the COMMIT is sent, a Session's flush done: a transaction that wrote anything
+        # has its id already.
+        self._xid = connection.exec_driver_sql("SELECT txid_current_if_assigned()").scalar()
 
     def _committed(self, xid: int) -> bool:
         """Whether the transaction `xid`, whose COMMIT lost its answer, did commit."""

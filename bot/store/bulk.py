@@ -1,0 +1,94 @@
+"""Many rows into one table in one statement: the journal's per-batch writes.
+
+SQLAlchemy's executemany handles each row's parameters in Python (a dict per row, every bind name, each
+type's processor), which costs more per row than SQLite's own insert. A `BulkWrite` compiles its
+statement once for the dialect, looks up each column's bind processor once, converts the rows column by
+column (an instant that many rows share, as a batch's bar time is, converted once) and hands the driver
+ready tuples. What reaches the database is what SQLAlchemy would send: the same statement text, the same
+type processors (`ExactDecimal`, `UTCDateTime`), the columns' Python defaults.
+
+PostgreSQL keeps SQLAlchemy's own path, with RETURNING: psycopg 3 runs a plain executemany as one INSERT
+per row, while with RETURNING SQLAlchemy sends pages of multi-row VALUES ("insertmanyvalues").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.schema import ColumnDefault
+
+from bot.store.types import UTCDateTime
+
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Given:
+    """A column the rows carry, at `index`."""
+
+    index: int
+    processor: Processor | None
+    shared: bool  # values that many rows share (instants): each distinct one converted once
+
+    def values(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        i, process = self.index, self.processor
+        if process is None:
+            return [r[i] for r in rows]
+        if self.shared:
+            # Equal instants convert to the same text (UTC), whatever their zone: one conversion each.
+            converted = {v: process(v) for v in {r[i] for r in rows}}
+            return [converted[r[i]] for r in rows]
+        return [process(r[i]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class _Default:
+    """A column the rows leave to its Python default (created_at, order_type...), evaluated once per write."""
+
+    default: ColumnDefault
+    processor: Processor | None
+
+    def values(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        value = self.default.arg(None) if self.default.is_callable else self.default.arg
+        return [value if self.processor is None else self.processor(value)] * len(rows)
+
+
+class BulkWrite:
+    """An INSERT (or INSERT .. ON CONFLICT) into `table` of rows given as tuples in `columns` order, prepared
+    for one dialect. Build it once per engine and keep it: preparing compiles the statement."""
+
+    def __init__(self, table: Table, statement: Insert, columns: Sequence[str], dialect: Dialect) -> None:
+        self.columns = tuple(columns)
+        self._direct = dialect.name == "sqlite" and dialect.paramstyle == "qmark"
+        self._statement = statement if self._direct else statement.returning(*table.primary_key.columns)
+        self._sql = ""
+        self._plan: list[_Given | _Default] = []
+        if not self._direct:
+            return
+        compiled = statement.compile(dialect=dialect, column_keys=list(self.columns))
+        self._sql = compiled.string
+        for name in compiled.positiontup or ():
+            column = table.c[name]
+            processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+            if name in self.columns:
+                shared = isinstance(column.type, UTCDateTime)
+                self._plan.append(_Given(self.columns.index(name), processor, shared))
+            elif isinstance(column.default, ColumnDefault):
+                self._plan.append(_Default(column.default, processor))
+            else:
+                raise ValueError(f"{table.name}.{name}: not among the columns given, and no Python default")
+
+    def execute(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write `rows` in one statement (none: nothing)."""
+        if not rows:
+            return
+        if not self._direct:
+            connection.execute(self._statement, [dict(zip(self.columns, r, strict=True)) for r in rows])
+            return
+        columns = [step.values(rows) for step in self._plan]
+        connection.exec_driver_sql(self._sql, list(zip(*columns, strict=True)))

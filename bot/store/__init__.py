@@ -6,4 +6,5 @@
   `schema_is_current`, `database_problem` (a failure as the one line the CLI prints).
 - `bot.store.faults`: which database failures are temporary, a full disk, a read-only file, or neither.
 - `bot.store.retry`: `DatabaseRetry`, which redoes a whole transaction after a temporary fault.
+- `bot.store.bulk`: `BulkWrite`, many rows into one table in one statement (the journal's batches).
 """

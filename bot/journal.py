@@ -284,7 +284,7 @@ class Journal:
         self._bulk: dict[_Bulk, BulkWrite] = {}
 
     def _write(self, connection: Connection, bulk: _Bulk, rows: Sequence[tuple[Any, ...]]) -> None:
-        """`rows` into `bulk`'s table in one statement, prepared on first use for this journal's database."""
+        """`rows` into `bulk`'s table in one executemany, prepared on first use for this database."""
         if not rows:
             return
         writer = self._bulk.get(bulk)
@@ -435,7 +435,7 @@ class Journal:
             return [OperatorEvent(r.id, r.scope, TradingState(r.state), r.reason, r.ts) for r in rows]
 
     # ---- the bar path ---------------------------------------------------------------------------
-    # A batch is one transaction of Core statements on a Connection, one statement per table (see _Bulk):
+    # A batch is one transaction of Core statements on a Connection, one executemany per table (see _Bulk):
     # no Session, no ORM unit of work, no flush per row.
 
     def record_batch(self, batch: BatchRecord) -> None:

@@ -3,12 +3,11 @@
 SQLAlchemy's executemany handles each row's parameters in Python (a dict per row, every bind name, each
 type's processor), which costs more per row than SQLite's own insert. A `BulkWrite` compiles its
 statement once for the dialect, looks up each column's bind processor once, converts the rows column by
-column (an instant that many rows share, as a batch's bar time is, converted once) and hands the driver
-ready tuples. What reaches the database is what SQLAlchemy would send: the same statement text, the same
-type processors (`ExactDecimal`, `UTCDateTime`), the columns' Python defaults.
-
-Other backends keep SQLAlchemy's own executemany. On PostgreSQL psycopg 3 pipelines it (one round trip);
-measured on 300 rows, that took half the client time of SQLAlchemy's pages of multi-row VALUES.
+column (an instant that many rows share, as a batch's bar time is, converted once) and hands the driver's
+executemany ready parameters. What reaches the database is what SQLAlchemy would send: the same statement
+text, the same type processors (`ExactDecimal`, `UTCDateTime`), the columns' Python defaults. On
+PostgreSQL psycopg 3 pipelines the executemany (one round trip); measured on 300 rows, that took half the
+client time of SQLAlchemy's pages of multi-row VALUES (insertmanyvalues).
 """
 
 from __future__ import annotations
@@ -64,15 +63,13 @@ class BulkWrite:
 
     def __init__(self, table: Table, statement: Insert, columns: Sequence[str], dialect: Dialect) -> None:
         self.columns = tuple(columns)
-        self._direct = dialect.name == "sqlite" and dialect.paramstyle == "qmark"
-        self._statement = statement
-        self._sql = ""
-        self._plan: list[_Given | _Default] = []
-        if not self._direct:
-            return
-        compiled = statement.compile(dialect=dialect, column_keys=list(self.columns))
+        # inline(): no RETURNING of the new keys, as an executemany compiles it.
+        compiled = statement.inline().compile(dialect=dialect, column_keys=list(self.columns))
         self._sql = compiled.string
-        for name in compiled.positiontup or ():
+        self._positional = compiled.positiontup is not None  # else named: dicts
+        self._names = list(compiled.positiontup if compiled.positiontup is not None else compiled.params)
+        self._plan: list[_Given | _Default] = []
+        for name in self._names:
             column = table.c[name]
             processor = column.type.dialect_impl(dialect).bind_processor(dialect)
             if name in self.columns:
@@ -87,8 +84,9 @@ class BulkWrite:
         """Write `rows` in one executemany (none: nothing)."""
         if not rows:
             return
-        if not self._direct:
-            connection.execute(self._statement, [dict(zip(self.columns, r, strict=True)) for r in rows])
-            return
-        columns = [step.values(rows) for step in self._plan]
-        connection.exec_driver_sql(self._sql, list(zip(*columns, strict=True)))
+        values = zip(*[step.values(rows) for step in self._plan], strict=True)
+        if self._positional:
+            connection.exec_driver_sql(self._sql, list(values))
+        else:
+            names = self._names
+            connection.exec_driver_sql(self._sql, [dict(zip(names, v, strict=True)) for v in values])

@@ -46,7 +46,6 @@ from bot.bars import Bar
 from bot.config import RiskSettings
 from bot.journal import BatchRecord, Decision, EquityPoint, Journal
 from bot.ledger import Position
-from bot.model.predictor import Prediction
 from bot.orders import BrokerOrder, Fill, OrderIntent, OrderStatus, OrderUpdate, Side, client_order_id
 from bot.risk import (
     CHECK_CODES,
@@ -60,7 +59,7 @@ from bot.risk import (
 from bot.store import models as m
 from bot.store.db import make_engine, session_factory, upgrade
 from bot.store.retry import DatabaseRetry, RetryPolicy
-from bot.strategy import Target
+from bot.strategy import Prediction, Target
 
 START = datetime(2024, 1, 2, 14, tzinfo=UTC)
 STRATEGY = "bench"

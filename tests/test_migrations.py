@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from alembic.operations import Operations
 from helpers import REPO
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
-from bot.store.db import current_revision, head_revisions, make_engine, upgrade
+from bot.store.db import current_revision, downgrade, head_revisions, make_engine, upgrade
 
 STEPS = ("create_table", "create_index", "execute", "add_column")
 
@@ -61,7 +62,7 @@ def revision(url: str) -> str | None:
 
 
 # The schema operations of an upgrade from nothing, in order: 0001 has the first 20 (tables and their
-# indexes), 0002 the next two, 0003 two UPDATEs, 0004 one table.
+# indexes), 0002 the next two, 0003 two UPDATEs, 0004 one table (0005 is a batch operation: not counted).
 @pytest.mark.parametrize(
     ("n", "before"),
     [
@@ -118,8 +119,56 @@ def test_db_upgrade_killed_at_many_instants_leaves_a_database_that_opens(tmp_pat
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         at = revision(url)
-        assert at in (None, "0001", "0002", "0003", "0004"), at
+        assert at in (None, "0001", "0002", "0003", "0004", "0005"), at
         if at is None:
             assert tables(url) == set()
         upgrade(url)
         assert revision(url) == head_revisions()[0]
+
+
+PREDICTION = (
+    "INSERT INTO predictions (book_id, run_id, strategy, symbol, bar_ts, horizon, predicted_return,"
+    " target_weight) VALUES (1, 1, 's', :symbol, :ts, 1, 0.25, 0.5)"
+)
+
+
+def test_0005_keeps_the_predictions_and_their_uniqueness(db_url: str) -> None:
+    """Predictions written before 0005 are there after it (and after its downgrade); a repeat of one is
+    still refused."""
+    upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    stamp = "2024-01-02 00:00:00"
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO books (name, kind, starting_cash, created_at) VALUES ('b', 'daemon', 1, :ts)"
+                ),
+                {"ts": stamp},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO runs (book_id, command, started_at, status, config_sha256)"
+                    " VALUES (1, 'run', :ts, 'running', 'x')"
+                ),
+                {"ts": stamp},
+            )
+            for symbol in ("A", "B"):
+                connection.execute(text(PREDICTION), {"symbol": symbol, "ts": stamp})
+
+        def symbols() -> list[str]:
+            with engine.connect() as connection:
+                return list(connection.scalars(text("SELECT symbol FROM predictions ORDER BY id")))
+
+        upgrade(db_url)
+        assert symbols() == ["A", "B"]
+        unique = inspect(engine).get_unique_constraints("predictions")
+        assert [u["column_names"] for u in unique] == [["book_id", "bar_ts", "strategy", "symbol", "horizon"]]
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(text(PREDICTION), {"symbol": "A", "ts": stamp})
+        downgrade(db_url, "0004")
+        assert symbols() == ["A", "B"]
+        upgrade(db_url)
+        assert symbols() == ["A", "B"]
+    finally:
+        engine.dispose()

@@ -141,10 +141,10 @@ class Prediction(Base):
     """A strategy's model output for one symbol and bar; unique so a replayed bar cannot predict twice."""
 
     __tablename__ = "predictions"
-    __table_args__ = (
-        UniqueConstraint("book_id", "strategy", "symbol", "bar_ts", "horizon"),
-        Index(None, "book_id", "bar_ts"),
-    )
+    # Bar time second: a batch's rows land together at the end of the index, where symbol second scattered
+    # them over the whole of it (a page or more each, written back at every commit). The same uniqueness,
+    # and it serves the (book_id, bar_ts) lookups the index it replaces served.
+    __table_args__ = (UniqueConstraint("book_id", "bar_ts", "strategy", "symbol", "horizon"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     book_id: Mapped[int] = mapped_column(ForeignKey("books.id"))

@@ -14,12 +14,11 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, Insert, Table, bindparam, func, insert, select
 from sqlalchemy import update as update_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.dml import Insert
 
 from bot.alerts import Alert
 from bot.bars import Bar, Jump

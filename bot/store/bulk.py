@@ -16,10 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import ColumnDefault, Connection, Insert, Table
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.schema import ColumnDefault
 
 from bot.store.types import UTCDateTime
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Insert, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, Insert, Table, Update, bindparam, func, insert, select
 from sqlalchemy import update as update_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -123,17 +123,20 @@ _DECISIONS: Table = _TABLES["risk_decisions"]
 
 @dataclass(frozen=True, slots=True)
 class _Bulk:
-    """A bulk write of the batch: its table, the columns its rows give (tuples in this order), and whether
-    it is an upsert (INSERT .. ON CONFLICT (primary key) DO UPDATE the other columns)."""
+    """A bulk write of the batch: its table, the columns its rows give (tuples in this order), and what it
+    is: an insert, an upsert (INSERT .. ON CONFLICT (primary key) DO UPDATE the other columns) or an
+    update by id (the row's id last, as `row_id`)."""
 
     table: Table
     columns: tuple[str, ...]
-    upsert: bool = False
+    kind: Literal["insert", "upsert", "update"] = "insert"
 
-    def statement(self, dialect: Dialect) -> Insert:
+    def statement(self, dialect: Dialect) -> Insert | Update:
         """The statement for `dialect` (building an upsert's `excluded` costs more than a write: the
         journal prepares each once)."""
-        if not self.upsert:
+        if self.kind == "update":
+            return update_(self.table).where(self.table.c.id == bindparam("row_id"))
+        if self.kind == "insert":
             return insert(self.table)
         insert_ = (postgresql if dialect.name == "postgresql" else sqlite).insert(self.table)
         keys = [c.name for c in self.table.primary_key]
@@ -142,8 +145,8 @@ class _Bulk:
         return upsert
 
 
-def _bulk(table: Table, columns: str, upsert: bool = False) -> _Bulk:
-    return _Bulk(table, tuple(columns.split()), upsert)
+def _bulk(table: Table, columns: str, kind: Literal["insert", "upsert", "update"] = "insert") -> _Bulk:
+    return _Bulk(table, tuple(columns.split()), kind)
 
 
 _PREDICTIONS = _bulk(
@@ -162,13 +165,15 @@ _FILLS = _bulk(
     "book_id order_id client_order_id strategy symbol side qty price commission ts broker_fill_id",
 )
 _ALERTS = _bulk(_TABLES["alerts"], "book_id ts severity kind strategy symbol message details_json")
-_POSITIONS = _bulk(_TABLES["positions"], "book_id symbol qty avg_price", upsert=True)
-_MARKET_STATE = _bulk(_TABLES["market_state"], "book_id symbol timeframe last_ts last_close", upsert=True)
+_POSITIONS = _bulk(_TABLES["positions"], "book_id symbol qty avg_price", kind="upsert")
+_MARKET_STATE = _bulk(_TABLES["market_state"], "book_id symbol timeframe last_ts last_close", kind="upsert")
 _TRADING_STATES = _bulk(
     _TABLES["trading_states"],
     "book_id scope state reason equity_peak cause day_start day_equity event_id updated_at",
-    upsert=True,
+    kind="upsert",
 )
+# updated_at comes from the column's onupdate.
+_ORDER_MOVES = _bulk(_ORDERS, "status filled_qty avg_fill_price broker_order_id reason row_id", "update")
 _INSERT_DECISION_RETURNING = insert(_DECISIONS).returning(_DECISIONS.c.id, sort_by_parameter_order=True)
 _LAST_DECISION = select(func.max(_DECISIONS.c.id))
 _INSERT_EQUITY = insert(_TABLES["equity_snapshots"])
@@ -558,9 +563,7 @@ class Journal:
             if update.order is not None:
                 order.apply(update.order)
         self._write(connection, _FILLS, fills)
-        moved = [o.update_row() for o in orders.values() if o.moved]
-        if moved:
-            connection.execute(_UPDATE_ORDER, moved)
+        self._write(connection, _ORDER_MOVES, [o.update_row() for o in orders.values() if o.moved])
 
     def _write_decisions(self, connection: Connection, decisions: Sequence[Decision]) -> None:
         """The risk decisions, then the orders of those with an intent (status NEW), each table in one
@@ -688,16 +691,9 @@ class _OrderState:
         """Whether anything differs from the row as read (an unchanged row is not written)."""
         return self._moving() != self.loaded
 
-    def update_row(self) -> dict[str, Any]:
-        """Parameters of `_UPDATE_ORDER` (updated_at comes from the column's onupdate)."""
-        return {
-            "row_id": self.id,
-            "status": self.status,
-            "filled_qty": self.filled_qty,
-            "avg_fill_price": self.avg_fill_price,
-            "broker_order_id": self.broker_order_id,
-            "reason": self.reason,
-        }
+    def update_row(self) -> tuple[Any, ...]:
+        """The row of `_ORDER_MOVES` that writes this state back."""
+        return (self.status, self.filled_qty, self.avg_fill_price, self.broker_order_id, self.reason, self.id)
 
     def add_fill(self, fill: Fill) -> None:
         """A fill: quantity and average price, and the status the fills imply."""

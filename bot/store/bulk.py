@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnDefault, Connection, Insert, Table
+from sqlalchemy import ColumnDefault, Connection, Insert, Table, Update
 from sqlalchemy.engine import Dialect
 
 from bot.store.types import UTCDateTime
@@ -56,27 +56,34 @@ class _Default:
 
 
 class BulkWrite:
-    """An INSERT (or INSERT .. ON CONFLICT) into `table` of rows given as tuples in `columns` order, prepared
-    for one dialect. Build it once per engine and keep it: preparing compiles the statement."""
+    """An INSERT, INSERT .. ON CONFLICT or UPDATE on `table` of rows given as tuples in `columns` order (an
+    UPDATE's WHERE binds among them), prepared for one dialect. Build it once per engine and keep it:
+    preparing compiles the statement."""
 
-    def __init__(self, table: Table, statement: Insert, columns: Sequence[str], dialect: Dialect) -> None:
+    def __init__(
+        self, table: Table, statement: Insert | Update, columns: Sequence[str], dialect: Dialect
+    ) -> None:
         self.columns = tuple(columns)
-        # inline(): no RETURNING of the new keys, as an executemany compiles it.
-        compiled = statement.inline().compile(dialect=dialect, column_keys=list(self.columns))
+        updating = isinstance(statement, Update)
+        # An INSERT inline(): no RETURNING of the new keys, as an executemany compiles it.
+        compiling = statement if updating else statement.inline()
+        compiled = compiling.compile(dialect=dialect, column_keys=list(self.columns))
         self._sql = compiled.string
         self._positional = compiled.positiontup is not None  # else named: dicts
         self._names = list(compiled.positiontup if compiled.positiontup is not None else compiled.params)
         self._plan: list[_Given | _Default] = []
         for name in self._names:
-            column = table.c[name]
-            processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+            type_ = compiled.binds[name].type  # the column's type, or what a WHERE bind compares with
+            processor = type_.dialect_impl(dialect).bind_processor(dialect)
             if name in self.columns:
-                shared = isinstance(column.type, UTCDateTime)
+                shared = isinstance(type_, UTCDateTime)
                 self._plan.append(_Given(self.columns.index(name), processor, shared))
-            elif isinstance(column.default, ColumnDefault):
-                self._plan.append(_Default(column.default, processor))
-            else:
+                continue
+            column = table.c[name]
+            default = column.onupdate if updating else column.default
+            if not isinstance(default, ColumnDefault):
                 raise ValueError(f"{table.name}.{name}: not among the columns given, and no Python default")
+            self._plan.append(_Default(default, processor))
 
     def execute(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write `rows` in one executemany (none: nothing)."""

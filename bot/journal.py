@@ -114,8 +114,8 @@ class BookState:
 
 _OPEN_STATUSES = [s.value for s in OrderStatus if s.is_open]  # orders that may still fill
 
-# The batch's statements, built once: a prebuilt construct is not built again per batch, and its compiled
-# form comes from the engine's statement cache.
+# The batch's statements, built once: the bulk ones (_Bulk) are prepared once per journal (BulkWrite), the
+# others' compiled forms come from the engine's statement cache.
 _TABLES = m.Base.metadata.tables
 _ORDERS: Table = _TABLES["orders"]
 _DECISIONS: Table = _TABLES["risk_decisions"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import gc
 import inspect
 import time
 from collections import defaultdict
@@ -251,6 +252,7 @@ async def latency(
         times = universe.times
         await engine.reconcile_at_start()
         await engine.warm_up({}, times[warmup])
+        gc.freeze()  # as the daemon does after its warm-up
 
         async def one(index: int) -> float:
             bars = universe.instant(index)
@@ -277,6 +279,7 @@ async def latency(
                 index += 1
         return LatencyRun(len(universe.symbols), plain, stages, instrumented)
     finally:
+        gc.unfreeze()  # this run's objects may go now; the next run freezes its own
         assembled.close()
 
 
@@ -308,11 +311,13 @@ async def replay(
     try:
         await engine.reconcile_at_start()
         await engine.warm_up({}, start)
+        gc.freeze()
         started = time.perf_counter()
         stats = await engine.run()
         seconds = time.perf_counter() - started
         return ReplayRun(len(universe.symbols), stats.bars, seconds)
     finally:
+        gc.unfreeze()  # this run's objects may go now; the next run freezes its own
         assembled.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import signal
 from collections.abc import Callable
@@ -284,6 +285,9 @@ async def _serve(
     try:
         await engine.reconcile_at_start()
         await engine.warm_up(last_bars, start)
+        # What start-up built (model, modules, windows) lives as long as the process: out of the cyclic
+        # collector's sight, whose full passes over it cost a batch of 1000 symbols 10-15 ms.
+        gc.freeze()
         if live:  # wall-clock jobs mean nothing in a backtest that runs as fast as it can
             scheduler.start()
         notify("READY=1")

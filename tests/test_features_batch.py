@@ -113,6 +113,42 @@ def test_batches_of_every_symbol_give_the_per_symbol_rows(
         assert bits(np.array(got[s[0].symbol])) == bits(reference_rows(s, settings)), s[0].symbol
 
 
+def _odd_bars(symbol: str, n: int, seed: int) -> list[Bar]:
+    """Bars a real feed rarely sends, each kind for a while: a halt (flat prices, no volume), sub-cent and
+    huge prices, volumes from 1e-6 to 1e12, fractional volumes: windows that fit no single int64 scale."""
+    rng = random.Random(seed)
+    t0 = datetime(2021, 1, 4, 14, tzinfo=UTC)
+    bars, price = [], 100.0
+    for t in range(n):
+        phase = (t // 60) % 5
+        if phase == 1:  # halted
+            o = h = lo = c = price
+            v = 0.0
+        else:
+            scale = {0: 1.0, 2: 1e-4, 3: 1e6, 4: 1.0}[phase]
+            c = round(price * scale * math.exp(rng.gauss(0, 0.02)), 6 if phase != 2 else 12)
+            o = c * math.exp(rng.gauss(0, 0.003))
+            h, lo = max(o, c) * (1 + rng.random() * 0.002), min(o, c) * (1 - rng.random() * 0.002)
+            v = 10.0 ** rng.uniform(-6, 12) if phase == 4 else float(rng.randrange(0, 10_000))
+            price = c / scale
+        bars.append(Bar(symbol, t0 + timedelta(hours=t), o, h, lo, c, v))
+    return bars
+
+
+@pytest.mark.parametrize("settings", [CONFIG, ODD], ids=["config", "odd"])
+def test_odd_windows_give_the_per_symbol_rows(settings: FeatureSettings) -> None:
+    series = [_odd_bars(f"S{i:03d}", 420, seed=i) for i in range(17)]
+    engine = FeatureEngine(settings, 1, [s[0].symbol for s in series], batch=True)
+    got: dict[str, list[npt.NDArray[np.float32]]] = {s[0].symbol: [] for s in series}
+    for t in range(420):
+        batch = [s[t] for s in series]
+        for bar, ready in zip(batch, engine.update_many(batch), strict=True):
+            if ready:
+                got[bar.symbol].append(engine.window(bar.symbol)[0])
+    for s in series:
+        assert bits(np.array(got[s[0].symbol])) == bits(reference_rows(s, settings)), s[0].symbol
+
+
 def test_any_mix_of_batches_gives_the_per_symbol_rows(history: dict[str, list[Bar]]) -> None:
     """Partial batches, several bars of a symbol in one call, bars one at a time, symbols that skip bars,
     and symbols moving from the per-symbol path to the batch path part way (batch=None)."""

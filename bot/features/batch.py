@@ -57,6 +57,7 @@ _NO_TS = np.iinfo(np.int64).min
 _CALENDAR_CACHE = 4096  # distinct bar times whose calendar features are kept
 _Z_LIMIT = 5.0  # RollingZScore's clip
 _REQUESTS = 16  # rounding requests per symbol, at most (see _statistics)
+_TINY = np.finfo(np.float64).smallest_normal
 
 
 def supported(settings: FeatureSettings) -> bool:
@@ -149,8 +150,8 @@ class _Rounding:
             value[todo], uncertain[todo] = resolve(
                 value[todo], self._n_mod[todo], n_ld[todo], self._den_mod[todo], den_ld[todo]
             )
-        value *= self._unit[:end]
-        redo = np.flatnonzero(uncertain | ~self._ok[:end])
+        value *= self._unit[:end]  # exact unless the result is subnormal: then it is recomputed too
+        redo = np.flatnonzero(uncertain | ~self._ok[:end] | ((np.abs(value) < _TINY) & (value != 0)))
         if len(redo):
             requests = np.searchsorted(bounds, redo, side="right") - 1
             size = len(self._symbols)
@@ -635,7 +636,8 @@ class BatchFeatures:
         if "volume" in one:  # VWAP and OBV: ratios to the window's volume
             jv = one["volume"]
             volume = gs.sum(jv, zw, rows)
-            out["volume"] = volume.astype(np.float64)  # only compared with 0: exact
+            # No trade in the window (where the sums hold; elsewhere the exact ratio says NaN).
+            out["no_volume"] = ((volume == 0) & gs.ok[jv, sel]).astype(np.float64)
             volume = np.where(volume == 0, 1, volume)  # no trade in the window: the ratio goes unused
             vol_ld = volume.astype(LD)
             kv = gs.k[jv, sel]
@@ -696,10 +698,10 @@ class BatchFeatures:
                 columns.append(stats["mean_tr"] / c)
             elif name == "vwap":
                 # A window that traded nothing has no VWAP (its exact fallback says NaN): distance 0.
-                zero = (stats["volume"] == 0) | np.isnan(stats["vwap"])
+                zero = (stats["no_volume"] != 0) | np.isnan(stats["vwap"])
                 columns.append(np.where(zero, 0.0, _log(np.where(zero, 1.0, c / stats["vwap"]))))
             elif name == "obv":
-                zero = (stats["volume"] == 0) | np.isnan(stats["obv"])
+                zero = (stats["no_volume"] != 0) | np.isnan(stats["obv"])
                 columns.append(np.where(zero, 0.0, stats["obv"]))
             elif name == "time":
                 columns += self._time(codes)

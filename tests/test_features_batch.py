@@ -18,7 +18,7 @@ import pytest
 
 from bot.bars import Bar
 from bot.config import FeatureSettings
-from bot.features import FeatureEngine, feature_matrix, feature_names
+from bot.features import FeatureEngine, SymbolFeatures, feature_matrix, feature_names
 from bot.features.batch import BatchFeatures, supported
 from bot.features.exact import (
     LD,
@@ -238,6 +238,37 @@ def test_a_bad_bar_in_a_batch_changes_nothing(history: dict[str, list[Bar]], bat
         bars = [s[t] for s in series]
         assert engine.update_many(bars) == twin.update_many(bars)
     assert bits(engine.windows(symbols)) == bits(twin.windows(symbols))
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "per-symbol"])
+def test_flagged_names_each_outlier_bar_of_a_batch(history: dict[str, list[Bar]], batch: bool) -> None:
+    """Two splits in a row of one symbol, both bars in one call: flagged() knows each (last_outlier only
+    the second), as SymbolFeatures flags them."""
+    series = relabelled(history, 17, 160)
+    quiet = series[6]  # SPY, nothing flagged
+    split = [
+        replace(b, open=b.open / 4, high=b.high / 4, low=b.low / 4, close=b.close / 4) for b in quiet[150:]
+    ]
+    split[1:] = [
+        replace(b, open=b.open / 4, high=b.high / 4, low=b.low / 4, close=b.close / 4) for b in split[1:]
+    ]
+    series[6] = quiet[:150] + split
+    symbols = [s[0].symbol for s in series]
+    engine = FeatureEngine(CONFIG, 2, symbols, batch=batch)
+    for t in range(150):
+        engine.update_many([s[t] for s in series])
+    bars = [s[t] for t in (150, 151) for s in series]
+    engine.update_many(bars)
+    reference = SymbolFeatures(CONFIG)
+    expected = {}
+    for bar in series[6][:152]:
+        reference.update(bar)
+        if reference.last_outlier is not None and reference.last_outlier.ts == bar.ts:
+            expected[bar.ts] = reference.last_outlier
+    assert len(expected) == 2
+    for bar in bars:
+        assert engine.flagged(bar) == (expected.get(bar.ts) if bar.symbol == symbols[6] else None)
+    assert engine.last_outlier(symbols[6]) == expected[series[6][151].ts]
 
 
 def test_a_batch_of_nothing_is_nothing() -> None:

@@ -216,6 +216,7 @@ class BatchFeatures:
         self._last_outlier: list[Outlier | None] = [None] * n
         self._calendar: dict[datetime, tuple[float, float, float, float]] = {}
         self._encoding = CalendarEncoding()
+        self.flagged: dict[int, Outlier] = {}  # the outliers of the last update, by symbol index
 
     def last_outlier(self, symbol: int) -> Outlier | None:
         """The latest outlier flagged for the symbol at this index (SymbolFeatures.last_outlier)."""
@@ -280,6 +281,7 @@ class BatchFeatures:
         c_step = c if every else c[has_prev]
         raw = _log(c_step / self._prev_raw[stepping.sel]) if self._det is not None else None
         flagged = self._detect(stepping, bars, has_prev, o, raw)  # may raise: nothing has changed yet
+        self.flagged = flagged
         # --- state moves from here on ---
         if batch.full:  # every symbol: work on whole rows of the rings
             for rings in (grid, self._wide, self._det):

@@ -67,6 +67,7 @@ class FeatureEngine:
         self._rows: npt.NDArray[np.float32] = np.zeros((n, 2 * window, width), dtype=np.float32)
         self._next: Int64Array = np.zeros(n, dtype=np.int64)  # next row's slot: also the oldest row's
         self._filled: Int64Array = np.zeros(n, dtype=np.int64)
+        self._flagged: dict[tuple[int, datetime], Outlier] = {}  # by (symbol index, bar time): see flagged
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -110,6 +111,7 @@ class FeatureEngine:
         no state changed.
         """
         idx = self._columns([bar.symbol for bar in bars])
+        self._flagged.clear()
         if len(set(idx)) == len(idx):
             if len(idx) > 1 and (self._batch is None or len(idx) < BATCH_FROM):
                 self._precheck(bars, idx)  # the pass may run per bar: check all before any goes in
@@ -130,6 +132,12 @@ class FeatureEngine:
             for p, r in zip(positions, ready, strict=True):
                 out[p] = r
         return out
+
+    def flagged(self, bar: Bar) -> Outlier | None:
+        """The outlier `bar` was flagged as (and adjusted for) in the latest `update` or `update_many`,
+        None if it was not: unlike `last_outlier`, exact for each bar of a batch that holds several bars of
+        one symbol."""
+        return self._flagged.get((self._column(bar.symbol), bar.ts))
 
     def last_outlier(self, symbol: str) -> Outlier | None:
         """The latest outlier bar flagged for `symbol` (see SymbolFeatures.last_outlier)."""
@@ -231,11 +239,17 @@ class FeatureEngine:
             ready, rows = self._batch.update(chunk_idx, chunk)
             if len(ready):
                 self._store(chunk_idx[ready], rows)
+            for i, flagged in self._batch.flagged.items():
+                self._flagged[(i, flagged.ts)] = flagged
         for p in on_scalar:
             i = idx[p]
-            row = scalar[i].update(bars[p])
+            features = scalar[i]
+            row = features.update(bars[p])
             if row is not None:
                 self._store(np.asarray([i]), np.asarray([row], dtype=np.float64))
+            outlier = features.last_outlier
+            if outlier is not None and outlier.ts == bars[p].ts:
+                self._flagged[(i, outlier.ts)] = outlier
         full: list[bool] = (self._filled[np.asarray(idx, dtype=np.int64)] == self._window).tolist()
         return full
 

@@ -41,10 +41,12 @@ import numpy.typing as npt
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-try:  # the code under test: whichever `bot` is importable (PYTHONPATH), else this checkout's
-    import bot  # noqa: F401
+try:  # the code under test: whichever `bot` is importable (PYTHONPATH first), else this checkout's
+    import bot
 except ImportError:
     sys.path.insert(0, str(REPO))
+    import bot
+CODE = Path(bot.__file__).resolve().parent.parent  # printed with the results
 
 from bot.bars import Bar  # noqa: E402
 from bot.config import FeatureSettings  # noqa: E402
@@ -128,6 +130,8 @@ def bench_size(n: int, steps: int, settings: FeatureSettings, model_dir: Path) -
     def per_bar(engine: FeatureEngine) -> Callable[[Sequence[Bar]], Windows]:
         def run(batch: Sequence[Bar]) -> Windows:
             ready = [b for b in batch if engine.update(b)]
+            if not ready:  # still warming up
+                return np.empty((0, WINDOW, len(engine.names)), dtype=np.float32)
             return np.stack([engine.window(b.symbol) for b in ready])
 
         return run
@@ -186,11 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_after = os.getloadavg()
     if args.json:
         rows = [asdict(r) | {"per_symbol_us": r.per_symbol_us} for r in results]
-        print(json.dumps({"load_before": load_before, "load_after": load_after, "results": rows}))
+        print(
+            json.dumps(
+                {"code": str(CODE), "load_before": load_before, "load_after": load_after, "results": rows}
+            )
+        )
         return 0
     before = " ".join(f"{x:.2f}" for x in load_before)
     after = " ".join(f"{x:.2f}" for x in load_after)
-    print(f"load average before {before}, after {after}; torch threads {args.threads}")
+    print(f"code {CODE}; load average before {before}, after {after}; torch threads {args.threads}")
     print(f"{'case':20s} {'symbols':>7s} {'median us':>10s} {'p90 us':>10s} {'us/symbol-bar':>14s}")
     for r in results:
         print(f"{r.case:20s} {r.symbols:7d} {r.median_us:10.1f} {r.p90_us:10.1f} {r.per_symbol_us:14.2f}")

@@ -335,10 +335,12 @@ class BatchFeatures:
         distinct times are kept in self._stamps for the calendar features."""
         distinct = dict.fromkeys(stamps)
         keys = list(distinct)
-        for i, ts in enumerate(keys):
-            distinct[ts] = i
         self._stamps = keys
         micros = np.fromiter(((utc(ts) - _EPOCH) // _US for ts in keys), np.int64, len(keys))
+        if len(keys) == 1:  # every bar of the batch opened at one time: the usual case
+            return micros, np.zeros(len(stamps), dtype=np.int64)
+        for i, ts in enumerate(keys):
+            distinct[ts] = i
         return micros, np.fromiter((distinct[ts] for ts in stamps), np.int64, len(stamps))
 
     def _validate(

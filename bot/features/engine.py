@@ -100,7 +100,22 @@ class FeatureEngine:
 
     def update(self, bar: Bar) -> bool:
         """Take the next bar of its symbol; True when that symbol's window is full (ready to predict)."""
-        return self.update_many((bar,))[0]
+        i = self._column(bar.symbol)
+        features = self._scalar.get(i)
+        if features is None:  # on the batch path
+            return self.update_many((bar,))[0]
+        self._flagged.clear()
+        row = features.update(bar)
+        if row is not None:  # as _store, for one row without the fancy indexing
+            slot = int(self._next[i])
+            self._rows[i, slot] = row
+            self._rows[i, slot + self._window] = row
+            self._next[i] = (slot + 1) % self._window
+            self._filled[i] = min(int(self._filled[i]) + 1, self._window)
+        outlier = features.last_outlier
+        if outlier is not None and outlier.ts == bar.ts:
+            self._flagged[(i, bar.ts)] = outlier
+        return bool(self._filled[i] == self._window)
 
     def update_many(self, bars: Sequence[Bar]) -> list[bool]:
         """Take a batch of bars, any symbols, one or more bars each (each symbol's in time order); for
@@ -157,7 +172,8 @@ class FeatureEngine:
         ValueError while the window is not yet full.
         """
         i = self._column(symbol)
-        self._check_full(np.asarray([i]))
+        if self._filled[i] < self._window:
+            self._check_full(np.asarray([i]))  # raises
         start = int(self._next[i])
         return self._rows[i, start : start + self._window].copy()
 

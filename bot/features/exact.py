@@ -56,6 +56,20 @@ _LD_2_63 = LD(2.0**63)
 _LD_2_M64 = LD(2.0**-64)
 
 
+def _x87_layout() -> bool:
+    """True when long doubles are x86's 80-bit format in 16 bytes, the 64-bit significand (explicit
+    leading bit) in the first 8: then certify reads the 11 bits below a double's 53 straight from it."""
+    if np.finfo(LD).nmant != 63 or np.dtype(LD).itemsize != 16 or np.little_endian is False:
+        return False
+    probe = np.array([1.0, 1.5, 1.0 + 2.0**-60], dtype=LD) if EXTENDED else np.zeros(3, dtype=LD)
+    probe[2] = LD(1) + LD(2.0**-60)
+    sig = probe.view(np.uint64)[::2]
+    return bool(sig[0] == 1 << 63 and sig[1] == 3 << 62 and sig[2] == (1 << 63) + 8)
+
+
+_X87 = _x87_layout()
+
+
 def certify(q: LDArray, error: float | FloatArray) -> tuple[FloatArray, BoolArray]:
     """The float64 nearest q, and where that may not be the one nearest the exact value v.
 
@@ -66,9 +80,18 @@ def certify(q: LDArray, error: float | FloatArray) -> tuple[FloatArray, BoolArra
     range).
     """
     r = q.astype(np.float64)
+    bits = r.view(np.int64)
+    if _X87 and q.ndim == 1 and q.flags.c_contiguous:
+        # q = (top 53 bits + low / 2**11) ulps of a double, low the significand's last 11 bits: its
+        # distance from the midpoint (low 2**10) in units of 2**-64 |q|-ish is |low - 1024|, and the error
+        # bound is at most error * 2**64 of those units (|q| < 2 * 2**E, a unit 2**(E - 63)).
+        low = (q.view(np.uint64)[::2] & 0x7FF).astype(np.int64)
+        reach = np.ceil(np.asarray(error) * 2.0**64 * _SLACK) + 1
+        exponent = bits & _EXPONENT
+        normal = (exponent != 0) & (exponent != _EXPONENT)  # r finite, not subnormal
+        return r, ((np.abs(low - 1024) <= reach) | ~normal) & (r != 0) | ((r == 0) & (q != 0))
     d = (q - r.astype(LD)).astype(np.float64)  # q - r is exact (r is within an ulp of q); its double is
     # within 2**-53 relative of it, far inside the slack below
-    bits = r.view(np.int64)
     # Half the gap to the neighbour: half an ulp, a quarter below a power of two (taken on both sides).
     half_gap = (bits & _EXPONENT).view(np.float64) * np.where(bits & _SIGNIFICAND, 2.0**-53, 2.0**-54)
     # |q| <= |r| (1 + 2**-52); the slack covers that and this test's own roundings, all near 2**-52.

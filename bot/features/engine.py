@@ -188,12 +188,16 @@ class FeatureEngine:
         idx = np.asarray(self._columns(symbols), dtype=np.int64)
         self._check_full(idx)
         start = self._next[idx]
-        if not copy and len(idx) == len(self._index) and (idx == np.arange(len(idx))).all():
-            first = int(start[0]) if len(start) else 0
-            if (start == first).all():
+        first = int(start[0]) if len(start) else 0
+        if len(start) and (start == first).all():  # every window ends in the same slot: the usual case
+            if len(idx) == len(self._index) and (idx == np.arange(len(idx))).all():
                 view = self._rows[:, first : first + self._window]
+                if copy:
+                    return view.copy()
                 view.flags.writeable = False
                 return view
+            same: npt.NDArray[np.float32] = self._rows[idx, first : first + self._window]  # whole blocks
+            return same
         out: npt.NDArray[np.float32] = self._rows[idx[:, None], start[:, None] + np.arange(self._window)]
         return out
 

@@ -145,8 +145,9 @@ class _RowHistory:
             same = self._known[idx].copy()
         else:
             first = int(start[0])
-            if batch == self._n and (start == first).all() and (idx == np.arange(batch)).all():
-                kept = rows[:, first : first + size]  # every symbol, in step: a view
+            if (start == first).all():  # in step (the usual case): whole blocks, a view for every symbol
+                every = batch == self._n and (idx == np.arange(batch)).all()
+                kept = rows[:, first : first + size] if every else rows[idx, first : first + size]
             else:
                 kept = rows[idx[:, None], start[:, None] + np.arange(size)]
             same = self._known[idx] & (windows[:, :-1] == kept).all(axis=(1, 2))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,9 @@ import numpy.typing as npt
 import pytest
 import torch
 
+from bot.bars import Bar
 from bot.model.card import ModelCard
+from bot.model.forecaster import StreamingForecaster
 from bot.model.network import LSTMForecaster
 from bot.model.predictor import Predictor
 from bot.model.registry import LoadedModel, latest_version, load_model
@@ -29,6 +33,11 @@ SYMBOLS = ("A", "B", "C", "D", "E")
 BACKENDS = ["numpy", "torch"]  # both on the CPU: the torch backend is the one CUDA would use
 
 Rows = npt.NDArray[np.float32]
+
+
+def bits(a: npt.NDArray[Any]) -> bytes:
+    """Raw bytes: equality means bit-identical."""
+    return np.ascontiguousarray(a).tobytes()
 
 
 def make_model(
@@ -285,3 +294,70 @@ def test_the_benchmark_script_runs() -> None:
     assert done.returncode == 0, done.stderr
     for text in ("window (64 bars)", "stream", "stagger", "random weights", "corr_window_stream"):
         assert text in done.stdout, text
+
+
+# --- StreamingForecaster: the continuity check ----------------------------------------------------------
+
+
+class _PerSymbolForecaster:
+    """StreamingForecaster's predict as it was: the continuity check one symbol at a time (the reference)."""
+
+    def __init__(self, stream: StreamingPredictor) -> None:
+        self.stream = stream
+        self.restarts = 0
+        self._last: dict[str, npt.NDArray[np.float64]] = {}
+
+    def predict(self, bars: Sequence[Bar], windows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+        rows = np.asarray(windows, dtype=np.float64)
+        out = np.empty((len(bars), len(self.stream.card.horizons)))
+        going_on = []
+        for i, bar in enumerate(bars):
+            last = self._last.get(bar.symbol)
+            if last is not None and np.array_equal(last[1:], rows[i, :-1]):
+                going_on.append(i)
+            else:
+                self.stream.reset(bar.symbol)
+                out[i] = self.stream.warm(bar.symbol, rows[i])[-1]
+                self.restarts += 1
+            self._last[bar.symbol] = rows[i]
+        if going_on:
+            out[going_on] = self.stream.step([bars[i].symbol for i in going_on], rows[going_on, -1, :])
+        return out
+
+
+def test_the_forecasters_continuity_check_is_the_per_symbol_one() -> None:
+    """Windows that move on by one row, and every way not to: a skipped row, the same window again, an
+    edited row, a batch of some symbols only, float64 windows, a new window size. Predictions and
+    restarts as the per-symbol check gives them, bit for bit."""
+    model = make_model(2, horizons=(1, 5))
+    window = model.card.window
+    rng = np.random.default_rng(4)
+    history = {s: random_rows(model, rng, 400) for s in SYMBOLS}
+    new = StreamingForecaster(StreamingPredictor(model, SYMBOLS))
+    old = _PerSymbolForecaster(StreamingPredictor(model, SYMBOLS))
+    at = dict.fromkeys(SYMBOLS, window)
+    ts = datetime(2024, 1, 2, tzinfo=UTC)
+    for step in range(150):
+        symbols = list(SYMBOLS) if step % 4 else [s for s in SYMBOLS if rng.random() < 0.6]
+        windows = []
+        for s in symbols:
+            kind = rng.random()
+            if kind < 0.05:
+                at[s] += 1  # a row skipped
+            elif kind > 0.07:
+                at[s] += 1  # else: the same window as last time
+            w = history[s][at[s] - window : at[s]].copy()
+            if 0.05 <= kind < 0.06:
+                w[window // 2, 1] += 1.0  # an edited row
+            windows.append(w)
+        if not symbols:
+            continue
+        stacked = np.stack(windows)
+        if step in (60, 61):
+            stacked = stacked.astype(np.float64)  # another dtype: the check is on values
+        if step == 100:
+            stacked = stacked[:, 1:]  # another window size: everything restarts
+        bars = [Bar(s, ts + timedelta(hours=step), 1.0, 1.0, 1.0, 1.0, 1.0) for s in symbols]
+        assert bits(new.predict(bars, stacked)) == bits(old.predict(bars, stacked)), step
+        assert new.restarts == old.restarts, step
+    assert 10 < new.restarts < 100

@@ -1,277 +1,73 @@
-"""Bars in, feature rows and model-ready windows out: the same code for training and for live trading."""
+"""Bars in, feature rows and model-ready windows out, for a fixed set of symbols: what live trading runs.
+
+Two paths give the same rows, bit for bit: SymbolFeatures (symbol.py), one symbol at a time, cheapest for
+a bar or a handful; BatchFeatures (batch.py), every symbol of a batch in one pass, from about
+`BATCH_FROM` symbols on. A symbol starts on the per-symbol path (a warm-up feeds one symbol's history at
+a time) and moves to the batch path, once and for good, with the first pass that has enough symbols: its
+state is handed over (BatchFeatures.load), so its rows carry on unchanged. Where BatchFeatures cannot run
+(no 64-bit long double significand on this platform) every symbol stays on the per-symbol path.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 
 from bot.bars import Bar
 from bot.config import FeatureSettings
-from bot.features.indicators import (
-    AverageTrueRange,
-    BarIndicator,
-    BollingerBands,
-    CalendarEncoding,
-    ClippedLogReturn,
-    CloseLocation,
-    CutlerRSI,
-    FiniteMACD,
-    LogRange,
-    OnBalanceVolume,
-    RealizedVolatility,
-    RollingZScore,
-    VWAPDistance,
-)
-from bot.features.outliers import GapOutlierDetector, Outlier
+from bot.features.batch import BatchFeatures, supported
+from bot.features.outliers import Outlier
+from bot.features.symbol import SymbolFeatures, _check_bar, feature_matrix, feature_names
 
-# Each optional feature group: its column names and its indicator, both from the settings. The order
-# here is the column order (FeatureSettings.extra_choices() lists the same names in the same order).
-_Columns = Callable[[FeatureSettings], tuple[str, ...]]
-_Build = Callable[[FeatureSettings], BarIndicator]
-_EXTRAS: dict[str, tuple[_Columns, _Build]] = {
-    "macd": (
-        lambda s: (f"macd_{s.macd_fast}_{s.macd_slow}", f"macd_signal_{s.macd_signal}", "macd_hist"),
-        lambda s: FiniteMACD(s.macd_fast, s.macd_slow, s.macd_signal),
-    ),
-    "bollinger": (
-        lambda s: (f"bb_pctb_{s.zscore_window}", f"bb_width_{s.zscore_window}"),
-        lambda s: BollingerBands(s.zscore_window),
-    ),
-    "atr": (lambda s: (f"atr_{s.volatility_window}",), lambda s: AverageTrueRange(s.volatility_window)),
-    "vwap": (lambda s: (f"vwap_dist_{s.zscore_window}",), lambda s: VWAPDistance(s.zscore_window)),
-    "obv": (lambda s: (f"obv_chg_{s.zscore_window}",), lambda s: OnBalanceVolume(s.zscore_window)),
-    "time": (lambda s: ("tod_sin", "tod_cos", "dow_sin", "dow_cos"), lambda s: CalendarEncoding()),
-}
+__all__ = ["BATCH_FROM", "FeatureEngine", "SymbolFeatures", "feature_matrix", "feature_names"]
 
+BATCH_FROM = 16  # symbols in one pass from which the batch path is the cheaper (measured: bench/features.py)
 
-def _extras(settings: FeatureSettings) -> list[str]:
-    """settings.extra in column order; ValueError naming an unknown or repeated name.
-
-    FeatureSettings validates this already; checked again for settings built without validation.
-    """
-    for name in settings.extra:
-        if name not in _EXTRAS:
-            raise ValueError(f"unknown extra feature {name!r}; choose from {', '.join(_EXTRAS)}")
-    if len(set(settings.extra)) != len(settings.extra):
-        raise ValueError(f"extra features repeat: {settings.extra}")
-    return [name for name in _EXTRAS if name in settings.extra]
-
-
-def feature_names(settings: FeatureSettings) -> tuple[str, ...]:
-    """The column names, in row order: the default set, then the `extra` groups in a fixed order.
-
-    Windows and lags are part of the names so that a model card can be checked against the running
-    config (return_clip and the outlier settings are not: compare the whole FeatureSettings for that).
-    ValueError for an unknown extra name.
-    """
-    names = (
-        *(f"ret_{lag}" for lag in settings.return_lags),
-        f"z_close_{settings.zscore_window}",
-        f"z_logvol_{settings.zscore_window}",
-        f"rsi_{settings.rsi_window}",
-        f"rvol_{settings.volatility_window}",
-        "log_range",
-        "close_loc",
-    )
-    return names + tuple(column for name in _extras(settings) for column in _EXTRAS[name][0](settings))
-
-
-def _check_bar(bar: Bar, last_ts: datetime | None) -> None:
-    # Checked before any indicator moves: a bar refused half-way would leave the indicators out of step
-    # with one another, and the rows would stop being a function of the last `lookback` bars.
-    values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
-    if not all(math.isfinite(x) for x in values):
-        raise ValueError(f"{bar.symbol} {bar.ts.isoformat()}: NaN or infinite value in {values}")
-    if bar.low <= 0 or bar.close <= 0 or bar.high < bar.low or bar.volume < 0:
-        raise ValueError(
-            f"{bar.symbol} {bar.ts.isoformat()}: need 0 < low <= high, close > 0, volume >= 0; got {values}"
-        )
-    if last_ts is not None and bar.ts <= last_ts:
-        raise ValueError(
-            f"{bar.symbol} {bar.ts.isoformat()}: not after the previous bar at {last_ts.isoformat()}"
-        )
-
-
-def _all_warm(row: tuple[float | None, ...]) -> TypeGuard[tuple[float, ...]]:
-    return None not in row
-
-
-class SymbolFeatures:
-    """Every indicator for one symbol. `update(bar)` gives a row (in `feature_names` order) once all are
-    warm, and each row is a pure function of the last `lookback` bars, bit for bit.
-
-    With `outlier_k` set, a bar that jumps far beyond recent volatility (a split, see GapOutlierDetector)
-    is recorded in `last_outlier`, and the stored price history is multiplied by its ratio open / previous
-    close before the bar goes in, so price-based features continue as if the series were adjusted and the
-    bar's gap return is 0. Volumes are not rescaled: the ratio is a price ratio, and a flagged bar may be
-    a real gap rather than a split. The rule above still holds, bit for bit and across any number of
-    outliers, because `lookback` then includes the bars that the outlier decisions inside it depend on.
-    """
-
-    __slots__ = (
-        "_close_loc",
-        "_detector",
-        "_extras",
-        "_last_outlier",
-        "_last_ts",
-        "_log_range",
-        "_lookback",
-        "_returns",
-        "_rsi",
-        "_rvol",
-        "_seen",
-        "_step",
-        "_symbol",
-        "_z_close",
-        "_z_logvol",
-    )
-
-    def __init__(self, settings: FeatureSettings) -> None:
-        limit = settings.return_clip
-        self._returns = tuple(ClippedLogReturn(lag, limit) for lag in settings.return_lags)
-        self._step = ClippedLogReturn(1, limit)  # the 1-bar return that RSI and volatility are fed
-        self._z_close = RollingZScore(settings.zscore_window)
-        self._z_logvol = RollingZScore(settings.zscore_window)
-        self._rsi = CutlerRSI(settings.rsi_window)
-        self._rvol = RealizedVolatility(settings.volatility_window)
-        self._log_range = LogRange(limit)
-        self._close_loc = CloseLocation()
-        self._extras = tuple(_EXTRAS[name][1](settings) for name in _extras(settings))
-        self._detector: GapOutlierDetector | None = None
-        if settings.outlier_k is not None:
-            self._detector = GapOutlierDetector(
-                settings.volatility_window, settings.outlier_k, settings.outlier_floor, limit
-            )
-        self._symbol: str | None = None
-        self._last_ts: datetime | None = None
-        self._last_outlier: Outlier | None = None
-        self._seen = 0  # bars taken, counted up to lookback only
-        # An indicator needing b inputs, fed by one that is warm after a bars, gets its first input at
-        # bar a and so is warm after a + b - 1 bars.
-        lookback = max(
-            *(r.lookback for r in self._returns),
-            self._z_close.lookback,
-            self._z_logvol.lookback,
-            self._step.lookback + self._rsi.lookback - 1,
-            self._step.lookback + self._rvol.lookback - 1,
-            LogRange.lookback,
-            CloseLocation.lookback,
-            *(x.lookback for x in self._extras),
-        )
-        if self._detector is not None:
-            # A row over bars a..t (a = t - lookback + 1) depends on the decisions for bars a+1..t (one at
-            # bar a would only touch bars before a, and the return at a is in no window). The decision
-            # for a+1 reads the detector's lookback of bars ending there, so the row needs
-            # detector.lookback - 2 bars before a: from a cold start of this many bars, every decision
-            # that matters is the one a long-running instance took.
-            lookback += self._detector.lookback - 2
-        self._lookback = lookback
-
-    @property
-    def lookback(self) -> int:
-        """Bars needed before the first row; also how many bars each row depends on."""
-        return self._lookback
-
-    @property
-    def symbol(self) -> str | None:
-        """The symbol of the first bar seen; later bars must match it."""
-        return self._symbol
-
-    @property
-    def last_outlier(self) -> Outlier | None:
-        """The latest bar flagged as an outlier (and adjusted for), None if none yet or `outlier_k` is
-        unset. `last_outlier.ts == bar.ts` right after `update(bar)` means that very bar was flagged."""
-        return self._last_outlier
-
-    def update(self, bar: Bar) -> tuple[float, ...] | None:
-        """Take the next bar; return its feature row, or None until `lookback` bars are in.
-
-        ValueError, with no state changed, for a bad bar: another symbol, not strictly after the previous
-        bar, non-finite values, prices <= 0, high < low or volume < 0.
-        """
-        if self._symbol is not None and bar.symbol != self._symbol:
-            raise ValueError(f"these features are for {self._symbol}, got a bar for {bar.symbol}")
-        _check_bar(bar, self._last_ts)
-        self._symbol = bar.symbol
-        self._last_ts = bar.ts
-
-        if self._detector is not None:
-            outlier = self._detector.update(bar)
-            if outlier is not None:  # before the bar goes in: its own prices are the new scale
-                self._last_outlier = outlier
-                self._rescale(outlier.ratio)
-
-        close = bar.close
-        returns = [r.update(close) for r in self._returns]
-        step = self._step.update(close)
-        rsi = rvol = None
-        if step is not None:
-            rsi = self._rsi.update(step)
-            rvol = self._rvol.update(step)
-        z_close = self._z_close.update(close)
-        z_logvol = self._z_logvol.update(math.log1p(bar.volume))
-        log_range = self._log_range.update(bar)
-        close_loc = self._close_loc.update(bar)
-        row = (*returns, z_close, z_logvol, rsi, rvol, log_range, close_loc)
-        extras = [x.update(bar) for x in self._extras]
-
-        if self._seen < self._lookback:
-            self._seen += 1
-            if self._seen < self._lookback:
-                return None
-        if not _all_warm(row):
-            return None
-        full: tuple[float, ...] = row
-        for values in extras:
-            if values is None:
-                return None
-            full += values
-        return full
-
-    def _rescale(self, factor: float) -> None:
-        """Multiply every stored price by `factor`; volumes, returns and ratios stay as they are."""
-        for r in self._returns:
-            r.rescale(factor)
-        self._step.rescale(factor)
-        self._z_close.rescale(factor)
-        for x in self._extras:
-            x.rescale(factor)
-
-
-class _SymbolState:
-    """One symbol's features and its ring buffer of the latest `window` rows."""
-
-    __slots__ = ("buffer", "features", "filled", "next")
-
-    def __init__(self, features: SymbolFeatures, window: int, width: int) -> None:
-        self.features = features
-        self.buffer: npt.NDArray[np.float32] = np.zeros((window, width), dtype=np.float32)
-        self.next = 0  # where the next row goes; once full, also the oldest row
-        self.filled = 0
+Int64Array = npt.NDArray[np.int64]
 
 
 class FeatureEngine:
     """Per-symbol features plus a ring buffer of the last `window` rows each, ready for the model.
 
-    O(n_features) per bar: a row is written in place, nothing is shifted; `window()` unrolls a copy.
+    O(n_features) per bar: a row is written in place (twice, at i and i + window, so that every window is
+    one contiguous slice), nothing is shifted. `update_many` takes a whole batch in one pass; `update`
+    is the same for one bar. `windows` stacks the windows of many symbols.
     """
 
-    def __init__(self, settings: FeatureSettings, window: int, symbols: Iterable[str]) -> None:
+    def __init__(
+        self, settings: FeatureSettings, window: int, symbols: Iterable[str], batch: bool | None = None
+    ) -> None:
+        """`batch`: None (default) picks the path per pass, as the module docstring says; False keeps to
+        the per-symbol path; True puts every symbol on the batch path from the start (ValueError where
+        BatchFeatures cannot run)."""
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        self._settings = settings
         self._names = feature_names(settings)
         self._window = window
-        self._states: dict[str, _SymbolState] = {}
+        self._index: dict[str, int] = {}
         for symbol in symbols:
-            if symbol in self._states:
+            if symbol in self._index:
                 raise ValueError(f"symbol {symbol!r} given twice")
-            self._states[symbol] = _SymbolState(SymbolFeatures(settings), window, len(self._names))
+            self._index[symbol] = len(self._index)
         self._lookback = SymbolFeatures(settings).lookback
+        n, width = len(self._index), len(self._names)
+        if batch and not supported(settings):
+            raise ValueError("the batch feature path cannot run on this platform (long double too short)")
+        use_batch = supported(settings) if batch is None else batch
+        self._batch = BatchFeatures(settings, list(self._index)) if use_batch else None
+        # Symbols on the per-symbol path, by index; the rest are on the batch path.
+        self._scalar: dict[int, SymbolFeatures] = (
+            {} if batch else {i: SymbolFeatures(settings) for i in range(n)}
+        )
+        self._rows: npt.NDArray[np.float32] = np.zeros((n, 2 * window, width), dtype=np.float32)
+        self._next: Int64Array = np.zeros(n, dtype=np.int64)  # next row's slot: also the oldest row's
+        self._filled: Int64Array = np.zeros(n, dtype=np.int64)
+        self._flagged: dict[tuple[int, datetime], Outlier] = {}  # by (symbol index, bar time): see flagged
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -281,7 +77,7 @@ class FeatureEngine:
     @property
     def symbols(self) -> tuple[str, ...]:
         """The symbols this engine tracks."""
-        return tuple(self._states)
+        return tuple(self._index)
 
     @property
     def window_size(self) -> int:
@@ -298,64 +94,189 @@ class FeatureEngine:
         """Bars needed from a cold start until the first full window (lookback + window - 1)."""
         return self._lookback + self._window - 1
 
+    def batched(self, symbol: str) -> bool:
+        """True when `symbol` is on the batch path (see the module docstring)."""
+        return self._column(symbol) not in self._scalar
+
     def update(self, bar: Bar) -> bool:
         """Take the next bar of its symbol; True when that symbol's window is full (ready to predict)."""
-        state = self._state(bar.symbol)
-        row = state.features.update(bar)
-        if row is None:
-            return False
-        state.buffer[state.next] = row
-        state.next = (state.next + 1) % self._window
-        if state.filled < self._window:
-            state.filled += 1
-        return state.filled == self._window
+        i = self._column(bar.symbol)
+        features = self._scalar.get(i)
+        if features is None:  # on the batch path
+            return self.update_many((bar,))[0]
+        self._flagged.clear()
+        row = features.update(bar)
+        if row is not None:  # as _store, for one row without the fancy indexing
+            slot = int(self._next[i])
+            self._rows[i, slot] = row
+            self._rows[i, slot + self._window] = row
+            self._next[i] = (slot + 1) % self._window
+            self._filled[i] = min(int(self._filled[i]) + 1, self._window)
+        outlier = features.last_outlier
+        if outlier is not None and outlier.ts == bar.ts:
+            self._flagged[(i, bar.ts)] = outlier
+        return bool(self._filled[i] == self._window)
+
+    def update_many(self, bars: Sequence[Bar]) -> list[bool]:
+        """Take a batch of bars, any symbols, one or more bars each (each symbol's in time order); for
+        each bar, True when its symbol's window is full after it: `update` on each bar in turn, in one pass
+        per bar of a symbol instead (the k-th bar of every symbol in pass k).
+
+        KeyError for an unknown symbol and ValueError for a bad bar (see SymbolFeatures.update), both with
+        no state changed.
+        """
+        idx = self._columns([bar.symbol for bar in bars])
+        self._flagged.clear()
+        if len(set(idx)) == len(idx):
+            if len(idx) > 1 and (self._batch is None or len(idx) < BATCH_FROM):
+                self._precheck(bars, idx)  # the pass may run per bar: check all before any goes in
+            return self._take(idx, bars)
+        # A symbol more than once (a warm-up, a backfill): check everything, then pass by pass.
+        self._precheck(bars, idx)
+        passes: list[list[int]] = []
+        seen: dict[int, int] = {}
+        for pos, i in enumerate(idx):
+            k = seen.get(i, 0)
+            seen[i] = k + 1
+            if k == len(passes):
+                passes.append([])
+            passes[k].append(pos)
+        out = [False] * len(bars)
+        for positions in passes:
+            ready = self._take([idx[p] for p in positions], [bars[p] for p in positions])
+            for p, r in zip(positions, ready, strict=True):
+                out[p] = r
+        return out
+
+    def flagged(self, bar: Bar) -> Outlier | None:
+        """The outlier `bar` was flagged as (and adjusted for) in the latest `update` or `update_many`,
+        None if it was not: unlike `last_outlier`, exact for each bar of a batch that holds several bars of
+        one symbol."""
+        return self._flagged.get((self._column(bar.symbol), bar.ts))
 
     def last_outlier(self, symbol: str) -> Outlier | None:
         """The latest outlier bar flagged for `symbol` (see SymbolFeatures.last_outlier)."""
-        return self._state(symbol).features.last_outlier
+        i = self._column(symbol)
+        if i in self._scalar:
+            return self._scalar[i].last_outlier
+        assert self._batch is not None
+        return self._batch.last_outlier(i)
 
     def ready(self, symbol: str) -> bool:
         """True when `symbol` has a full window."""
-        return self._state(symbol).filled == self._window
+        return bool(self._filled[self._column(symbol)] == self._window)
 
     def window(self, symbol: str) -> npt.NDArray[np.float32]:
         """A copy of the latest window, oldest row first, shape (window_size, len(names)), float32.
 
         ValueError while the window is not yet full.
         """
-        state = self._state(symbol)
-        if state.filled < self._window:
-            raise ValueError(
-                f"{symbol}: window not full yet ({state.filled} of {self._window} rows; "
-                f"a cold start needs {self.warmup_bars} bars)"
-            )
-        return np.concatenate((state.buffer[state.next :], state.buffer[: state.next]))
+        i = self._column(symbol)
+        if self._filled[i] < self._window:
+            self._check_full(np.asarray([i]))  # raises
+        start = int(self._next[i])
+        return self._rows[i, start : start + self._window].copy()
 
-    def _state(self, symbol: str) -> _SymbolState:
+    def windows(self, symbols: Sequence[str], copy: bool = True) -> npt.NDArray[np.float32]:
+        """The latest windows of these symbols, stacked: (len(symbols), window_size, len(names)), float32,
+        in one gather. ValueError if any window is not yet full.
+
+        With copy=False, when `symbols` is every symbol in order and their windows end in the same slot
+        (every symbol updated together: the usual case), a read-only view of the ring buffer instead of a
+        copy: valid until the next update, which overwrites it. Callers that keep windows must copy them.
+        """
+        idx = np.asarray(self._columns(symbols), dtype=np.int64)
+        self._check_full(idx)
+        start = self._next[idx]
+        first = int(start[0]) if len(start) else 0
+        if len(start) and (start == first).all():  # every window ends in the same slot: the usual case
+            if len(idx) == len(self._index) and (idx == np.arange(len(idx))).all():
+                view = self._rows[:, first : first + self._window]
+                if copy:
+                    return view.copy()
+                view.flags.writeable = False
+                return view
+            same: npt.NDArray[np.float32] = self._rows[idx, first : first + self._window]  # whole blocks
+            return same
+        out: npt.NDArray[np.float32] = self._rows[idx[:, None], start[:, None] + np.arange(self._window)]
+        return out
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _column(self, symbol: str) -> int:
         try:
-            return self._states[symbol]
+            return self._index[symbol]
         except KeyError:
             raise KeyError(
-                f"unknown symbol {symbol!r}: this feature engine tracks {sorted(self._states)}"
+                f"unknown symbol {symbol!r}: this feature engine tracks {sorted(self._index)}"
             ) from None
 
+    def _columns(self, symbols: Sequence[str]) -> list[int]:
+        if len(symbols) == 1:
+            return [self._column(symbols[0])]
+        try:
+            return list(operator.itemgetter(*symbols)(self._index)) if symbols else []
+        except KeyError:
+            return [self._column(s) for s in symbols]  # raises, naming the unknown symbol
 
-def feature_matrix(bars: Sequence[Bar], settings: FeatureSettings) -> tuple[npt.NDArray[np.float64], int]:
-    """Run SymbolFeatures over one symbol's history: (rows, first), rows float64 of shape
-    (len(bars) - first, n_features), where rows[i] belongs to bars[first + i].
+    def _check_full(self, idx: Int64Array) -> None:
+        short = idx[self._filled[idx] < self._window]
+        if len(short):
+            symbol = self.symbols[int(short[0])]
+            filled = int(self._filled[short[0]])
+            raise ValueError(
+                f"{symbol}: window not full yet ({filled} of {self._window} rows; "
+                f"a cold start needs {self.warmup_bars} bars)"
+            )
 
-    Indicators never go cold again once warm, so every bar from `first` on has a row. With too few bars,
-    rows is empty and first == len(bars). Training uses this so that its features come from the same
-    code as the live ones.
-    """
-    features = SymbolFeatures(settings)
-    width = len(feature_names(settings))
-    rows: list[tuple[float, ...]] = []
-    first = len(bars)
-    for i, bar in enumerate(bars):
-        row = features.update(bar)
-        if row is not None:
-            if not rows:
-                first = i
-            rows.append(row)
-    return np.array(rows, dtype=np.float64).reshape(len(rows), width), first
+    def _precheck(self, bars: Sequence[Bar], idx: Sequence[int]) -> None:
+        """Every bar's checks, each against the one before it of its symbol, before any state changes."""
+        last = {i: self._last_ts(i) for i in set(idx)}
+        for i, bar in zip(idx, bars, strict=True):
+            _check_bar(bar, last[i])
+            last[i] = bar.ts
+
+    def _last_ts(self, i: int) -> datetime | None:
+        if i in self._scalar:
+            return self._scalar[i].last_ts
+        assert self._batch is not None
+        return self._batch.last_ts(i)
+
+    def _take(self, idx: Sequence[int], bars: Sequence[Bar]) -> list[bool]:
+        """One pass: distinct symbols, one bar each."""
+        scalar = self._scalar
+        on_scalar = [p for p, i in enumerate(idx) if i in scalar]
+        if self._batch is not None and on_scalar and len(idx) >= BATCH_FROM:
+            for p in on_scalar:  # enough symbols: hand them to the batch path, for good
+                i = idx[p]
+                self._batch.load(i, scalar.pop(i))
+            on_scalar = []
+        if len(on_scalar) < len(idx):
+            batch_pos = [p for p, i in enumerate(idx) if i not in scalar] if on_scalar else range(len(idx))
+            chunk_idx = np.asarray([idx[p] for p in batch_pos], dtype=np.int64)
+            chunk = bars if not on_scalar else [bars[p] for p in batch_pos]
+            assert self._batch is not None
+            ready, rows = self._batch.update(chunk_idx, chunk)
+            if len(ready):
+                self._store(chunk_idx[ready], rows)
+            for i, flagged in self._batch.flagged.items():
+                self._flagged[(i, flagged.ts)] = flagged
+        for p in on_scalar:
+            i = idx[p]
+            features = scalar[i]
+            row = features.update(bars[p])
+            if row is not None:
+                self._store(np.asarray([i]), np.asarray([row], dtype=np.float64))
+            outlier = features.last_outlier
+            if outlier is not None and outlier.ts == bars[p].ts:
+                self._flagged[(i, outlier.ts)] = outlier
+        full: list[bool] = (self._filled[np.asarray(idx, dtype=np.int64)] == self._window).tolist()
+        return full
+
+    def _store(self, idx: Int64Array, rows: npt.NDArray[np.float64]) -> None:
+        slot = self._next[idx]
+        values = rows.astype(np.float32)
+        self._rows[idx, slot] = values
+        self._rows[idx, slot + self._window] = values
+        self._next[idx] = (slot + 1) % self._window
+        self._filled[idx] = np.minimum(self._filled[idx] + 1, self._window)

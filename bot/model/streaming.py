@@ -404,6 +404,11 @@ class StreamingPredictor:
         """Units per layer (the last axis of `state`)."""
         return self._core.hidden
 
+    def columns(self, symbols: Sequence[str]) -> IndexArray:
+        """The storage column of each symbol (distinct symbols): what `state` and `steps` index. KeyError
+        for an unknown symbol, ValueError for a repeated one. Cached per symbol tuple, like `step`'s."""
+        return self._plan(symbols).idx
+
     def steps(self, symbol: str) -> int:
         """Rows fed to `symbol` since construction or its last reset (a burn-in gauge for the caller)."""
         return int(self._steps[self._column(symbol)])

@@ -19,8 +19,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import numpy as np
-
 from bot.alerts import Alert, AlertKind, Severity
 from bot.bars import Bar, BarGuard, BarGuardConfig, BarRejection, Jump
 from bot.batching import Batcher, Instant
@@ -906,13 +904,13 @@ class Engine:
         """Feed the strategy's stages these bars in order; decide on those of the batch's instant (a bar
         held for confirmation is history: its instant is past)."""
         ready: list[Bar] = []
-        for bar in bars:
+        # One pass of the feature stage for the whole batch (numpy across symbols); per bar, the rest.
+        for bar, is_ready in zip(bars, rt.features.update_many(bars), strict=True):
             rt.sizer.observe_bar(bar.symbol, bar.open, bar.close)
             # This bar's open-to-close return is what the previous prediction for the symbol was about.
             realized = math.log(bar.close / bar.open)
             record.alerts.extend(rt.drift.observe_outcome(bar.symbol, bar.close_time, realized))
             rt.forecaster.observe(bar)
-            is_ready = rt.features.update(bar)
             record.alerts.extend(self._outlier_alerts(rt, bar))
             if bar.close_time != record.ts:
                 continue
@@ -922,7 +920,9 @@ class Engine:
                 self._log_decision(rt, bar)
         if not ready:
             return []
-        predicted = rt.forecaster.predict(ready, np.stack([rt.features.window(b.symbol) for b in ready]))
+        # A view of the feature ring where it can be one: predict() reads it before the next update.
+        windows = rt.features.windows([b.symbol for b in ready], copy=False)
+        predicted = rt.forecaster.predict(ready, windows)
         intents = []
         horizons, version = rt.forecaster.horizons, rt.forecaster.version
         for bar, values in zip(ready, predicted.tolist(), strict=True):
@@ -962,8 +962,8 @@ class Engine:
     @staticmethod
     def _outlier_alerts(rt: StrategyRuntime, bar: Bar) -> list[Alert]:
         """An alert when the feature stage flagged this very bar as a split-like jump (and rescaled)."""
-        outlier = rt.features.last_outlier(bar.symbol)
-        if outlier is None or outlier.ts != bar.ts:
+        outlier = rt.features.flagged(bar)
+        if outlier is None:
             return []
         message = (
             f"one-bar jump x{outlier.ratio:.4f} beyond {outlier.threshold:.3f} in log terms (a split or a"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session, sessionmaker
 
 import bot.engine
 from bench.universe import Universe
@@ -181,13 +182,21 @@ class Assembled:
     engine: Engine
     runtime: StrategyRuntime
     journal: Journal
+    sessions: sessionmaker[Session]
     close: Callable[[], None]
 
 
 def assemble(
-    config: AppConfig, strategy: StrategyConfig, feed: Any, db: Path, device: torch.device
+    config: AppConfig,
+    strategy: StrategyConfig,
+    feed: Any,
+    db: Path,
+    device: torch.device,
+    *,
+    book: str = "bench",
+    on_batch: Callable[[Engine], None] | None = None,
 ) -> Assembled:
-    """The engine over `feed`, recording into the SQLite file `db` (created)."""
+    """The engine over `feed`, recording into the SQLite file `db` (created) as a backtest book."""
     loaded = load_strategy_model(0, strategy)
     forecaster = model_forecaster(loaded, strategy.symbols, device, strategy.model.inference)
     url = f"sqlite:///{db}"
@@ -197,7 +206,7 @@ def assemble(
     cash = config.broker.initial_cash()
     if cash is None:
         raise SystemExit("the bundled config should trade the simulated broker")
-    journal = Journal(sessions, Journal.open_book(sessions, "bench", m.BookKind.BACKTEST.value, cash))
+    journal = Journal(sessions, Journal.open_book(sessions, book, m.BookKind.BACKTEST.value, cash))
     journal.start_run(m.RunCommand.BACKTEST.value, "")
     runtime = make_runtime(
         strategy, forecaster, loaded.card.target_scale, catalog.register(sessions, loaded.card, loaded.path)
@@ -207,13 +216,14 @@ def assemble(
         config.broker.build(BrokerContext(strategy.symbols, backtest=True)),
         journal,
         [runtime],
-        book="bench",
+        book=book,
         starting_cash=cash,
         config=EngineConfig(
             batch_linger_seconds=config.daemon.batch_linger_seconds, reconciliation=config.reconciliation
         ),
+        on_batch=on_batch,
     )
-    return Assembled(engine, runtime, journal, engine_db.dispose)
+    return Assembled(engine, runtime, journal, sessions, engine_db.dispose)
 
 
 def instrument(assembled: Assembled, clock: StageClock) -> None:

@@ -52,20 +52,16 @@ if str(REPO) not in sys.path:  # run as a script from a checkout, installed or n
     sys.path.insert(0, str(REPO))
 
 
+from bench.pipeline import assemble  # noqa: E402
 from bot.bars import Bar  # noqa: E402
-from bot.brokers import BrokerContext  # noqa: E402
 from bot.clock import MarketClock  # noqa: E402
 from bot.config import AppConfig, load_config  # noqa: E402
-from bot.daemon import load_strategy_model, make_runtime  # noqa: E402
-from bot.engine import Engine, EngineConfig  # noqa: E402
+from bot.engine import Engine  # noqa: E402
 from bot.feeds import FeedItem  # noqa: E402
 from bot.feeds.replay import ReplayFeedConfig, load_csv  # noqa: E402
-from bot.journal import Journal  # noqa: E402
 from bot.logs import configure_logging  # noqa: E402
-from bot.model import catalog, resolve_device  # noqa: E402
-from bot.model.forecaster import model_forecaster  # noqa: E402
+from bot.model import resolve_device  # noqa: E402
 from bot.store import models as m  # noqa: E402
-from bot.store.db import make_engine, session_factory, upgrade  # noqa: E402
 
 CONFIG = REPO / "config.toml"
 DEFAULT_SYMBOL_BARS = 1_000_000
@@ -270,38 +266,11 @@ async def soak(config: AppConfig, db: Path, limit: int, monitor: Monitor) -> dic
     start = first - loop_period(series) * (loops - 1) + timedelta(days=WARMUP_DAYS)
     feed = LoopedFeed(series, loops, start, limit)
 
-    loaded = load_strategy_model(0, strategy)
-    forecaster = model_forecaster(
-        loaded, strategy.symbols, resolve_device(config.daemon.device), strategy.model.inference
+    assembled = assemble(
+        config, strategy, feed, db, resolve_device(config.daemon.device), book="soak", on_batch=monitor
     )
-    url = f"sqlite:///{db}"
-    upgrade(url)
-    engine_db = make_engine(url)
+    engine, journal, sessions = assembled.engine, assembled.journal, assembled.sessions
     try:
-        sessions = session_factory(engine_db)
-        cash = config.broker.initial_cash()
-        assert cash is not None, "the bundled config trades the simulated broker"
-        journal = Journal(sessions, Journal.open_book(sessions, "soak", m.BookKind.BACKTEST.value, cash))
-        journal.start_run(m.RunCommand.BACKTEST.value, "")
-        runtime = make_runtime(
-            strategy,
-            forecaster,
-            loaded.card.target_scale,
-            catalog.register(sessions, loaded.card, loaded.path),
-        )
-        engine = Engine(
-            feed,
-            config.broker.build(BrokerContext(config.all_symbols, backtest=True)),
-            journal,
-            [runtime],
-            book="soak",
-            starting_cash=cash,
-            config=EngineConfig(
-                batch_linger_seconds=config.daemon.batch_linger_seconds,
-                reconciliation=config.reconciliation,
-            ),
-            on_batch=monitor,
-        )
         rss_start = rss_mib()
         monitor.begin()
         await engine.reconcile_at_start()
@@ -318,7 +287,7 @@ async def soak(config: AppConfig, db: Path, limit: int, monitor: Monitor) -> dic
             # By kind: a loop boundary that looked like a jump would show as bar_rejected or outlier_bar.
             alerts = dict(session.execute(select(m.Alert.kind, func.count()).group_by(m.Alert.kind)).all())
     finally:
-        engine_db.dispose()
+        assembled.close()
     return {
         "symbol_bars": feed.sent,
         "traded_bars": stats.bars,  # the ones the guard let through

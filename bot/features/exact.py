@@ -204,7 +204,7 @@ class Rings:
     out of step; the next batch it is in rotates its rings back into step first (`align`, automatic).
     """
 
-    __slots__ = ("_aligned_for", "clock", "count", "length", "offset", "values")
+    __slots__ = ("_aligned_for", "_everyone", "clock", "count", "length", "offset", "values")
 
     def __init__(self, n_series: int, n_symbols: int, length: int) -> None:
         self.length = length
@@ -213,13 +213,15 @@ class Rings:
         self.offset: IntArray = np.zeros((n_series, n_symbols), dtype=np.int64)
         self.clock: IntArray = np.zeros(n_series, dtype=np.int64)
         self._aligned_for: Batch | None = None  # the batch last put in step (reads before its push)
+        self._everyone = True  # every symbol in step with every series: nothing to check
 
     def align(self, batch: Batch) -> None:
         """Rotate the rings of the batch's symbols that are out of step, so that every next slot is
         clock % length (a no-op for a batch already in step: the usual case)."""
-        if self._aligned_for is batch:
+        if self._everyone or self._aligned_for is batch:
             return
         self._aligned_for = batch
+        self._everyone = batch.full  # once this batch of everyone is put in step
         sel = batch.sel
         shift = (self.clock[:, None] - self.count[:, sel] - self.offset[:, sel]) % self.length
         if not shift.any():
@@ -274,6 +276,7 @@ class Rings:
         self.clock += 1
         # Every symbol of the batch pushed every series: still in step (the rest fell behind).
         self._aligned_for = batch if active is None else None
+        self._everyone = self._everyone and active is None and batch.full
 
     def load(self, j: int, symbol: int, values: Sequence[float]) -> None:
         """Make series j of one symbol these values (oldest first), as if just pushed in order."""
@@ -282,6 +285,7 @@ class Rings:
         self.count[j, symbol] = len(values)
         self.offset[j, symbol] = 0
         self._aligned_for = None
+        self._everyone = False
 
     def scale(self, j: int, symbols: IntArray, factor: FloatArray) -> None:
         """Multiply series j's stored values of each symbol by its factor (float products, as rescale)."""

@@ -370,9 +370,6 @@ def test_running_sums_are_the_exact_window_sums(kind: str) -> None:
     for step in range(300):
         idx = np.array(sorted(rng.sample(range(n), n if step % 3 else rng.randrange(1, n))), dtype=np.int64)
         batch = Batch(idx, n)
-        if batch.full:
-            grid_rings.align()
-            wide_rings.align()
         x = np.array([[value() for _ in idx] for _ in range(2)])
         active = np.array([[rng.random() < 0.9 for _ in idx] for _ in range(2)])
         grid.push(batch, x, active)

@@ -283,10 +283,6 @@ class BatchFeatures:
         flagged = self._detect(stepping, bars, has_prev, o, raw)  # may raise: nothing has changed yet
         self.flagged = flagged
         # --- state moves from here on ---
-        if batch.full:  # every symbol: work on whole rows of the rings
-            for rings in (grid, self._wide, self._det):
-                if rings is not None:
-                    rings.align()
         self._last_us[sel] = ts_us
         last = np.empty(len(bars), dtype=object)
         last[:] = stamps

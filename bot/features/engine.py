@@ -105,17 +105,7 @@ class FeatureEngine:
         if features is None:  # on the batch path
             return self.update_many((bar,))[0]
         self._flagged.clear()
-        row = features.update(bar)
-        if row is not None:  # as _store, for one row without the fancy indexing
-            slot = int(self._next[i])
-            self._rows[i, slot] = row
-            self._rows[i, slot + self._window] = row
-            self._next[i] = (slot + 1) % self._window
-            self._filled[i] = min(int(self._filled[i]) + 1, self._window)
-        outlier = features.last_outlier
-        if outlier is not None and outlier.ts == bar.ts:
-            self._flagged[(i, bar.ts)] = outlier
-        return bool(self._filled[i] == self._window)
+        return self._take_one(i, features, bar)
 
     def update_many(self, bars: Sequence[Bar]) -> list[bool]:
         """Take a batch of bars, any symbols, one or more bars each (each symbol's in time order); for
@@ -242,9 +232,27 @@ class FeatureEngine:
         assert self._batch is not None
         return self._batch.last_ts(i)
 
+    def _take_one(self, i: int, features: SymbolFeatures, bar: Bar) -> bool:
+        """One bar of a symbol on the per-symbol path (checked already, or checked here alone)."""
+        row = features.update(bar)
+        if row is not None:  # as _store, for one row without the fancy indexing
+            slot = int(self._next[i])
+            self._rows[i, slot] = row
+            self._rows[i, slot + self._window] = row
+            self._next[i] = (slot + 1) % self._window
+            self._filled[i] = min(int(self._filled[i]) + 1, self._window)
+        outlier = features.last_outlier
+        if outlier is not None and outlier.ts == bar.ts:
+            self._flagged[(i, bar.ts)] = outlier
+        return bool(self._filled[i] == self._window)
+
     def _take(self, idx: Sequence[int], bars: Sequence[Bar]) -> list[bool]:
         """One pass: distinct symbols, one bar each."""
         scalar = self._scalar
+        if len(idx) < BATCH_FROM or self._batch is None:  # a few bars: per symbol where they are
+            alone = [scalar[i] for i in idx if i in scalar]
+            if len(alone) == len(idx):
+                return [self._take_one(i, f, bar) for i, f, bar in zip(idx, alone, bars, strict=True)]
         on_scalar = [p for p, i in enumerate(idx) if i in scalar]
         if self._batch is not None and on_scalar and len(idx) >= BATCH_FROM:
             for p in on_scalar:  # enough symbols: hand them to the batch path, for good
@@ -262,14 +270,7 @@ class FeatureEngine:
             for i, flagged in self._batch.flagged.items():
                 self._flagged[(i, flagged.ts)] = flagged
         for p in on_scalar:
-            i = idx[p]
-            features = scalar[i]
-            row = features.update(bars[p])
-            if row is not None:
-                self._store(np.asarray([i]), np.asarray([row], dtype=np.float64))
-            outlier = features.last_outlier
-            if outlier is not None and outlier.ts == bars[p].ts:
-                self._flagged[(i, outlier.ts)] = outlier
+            self._take_one(idx[p], scalar[idx[p]], bars[p])
         full: list[bool] = (self._filled[np.asarray(idx, dtype=np.int64)] == self._window).tolist()
         return full
 

@@ -198,13 +198,13 @@ class Rings:
     a count of pushes per series and symbol. values[j, :, s] is series j of symbol s, a ring: push number
     c sits in slot (c + offset[j, s]) % length.
 
-    Lockstep: when every symbol's next slot of series j is the same, clock[j] % length (`aligned`), a batch
-    of every symbol reads and writes one row values[j, slot] (a view) instead of gathering one value per
-    symbol. A batch of some symbols only, or one that leaves a series out for some (a first bar), breaks
-    the alignment; the next batch of every symbol restores it by rotating the rings that fell out of step.
+    Lockstep: every symbol of a batch writes series j to the same slot, clock[j] % length, so that reads
+    and writes take whole rows values[j, slot] (a view for a batch of every symbol) instead of gathering
+    one slot per symbol. A symbol left out of a batch (or whose series j skipped a push: a first bar) falls
+    out of step; the next batch it is in rotates its rings back into step first (`align`, automatic).
     """
 
-    __slots__ = ("aligned", "clock", "count", "length", "offset", "values")
+    __slots__ = ("_aligned_for", "_everyone", "clock", "count", "length", "offset", "values")
 
     def __init__(self, n_series: int, n_symbols: int, length: int) -> None:
         self.length = length
@@ -212,36 +212,36 @@ class Rings:
         self.count: IntArray = np.zeros((n_series, n_symbols), dtype=np.int64)
         self.offset: IntArray = np.zeros((n_series, n_symbols), dtype=np.int64)
         self.clock: IntArray = np.zeros(n_series, dtype=np.int64)
-        self.aligned = True
+        self._aligned_for: Batch | None = None  # the batch last put in step (reads before its push)
+        self._everyone = True  # every symbol in step with every series: nothing to check
 
-    def align(self) -> None:
-        """Rotate the rings of symbols out of step so that all next slots are clock % length."""
-        if self.aligned:
+    def align(self, batch: Batch) -> None:
+        """Rotate the rings of the batch's symbols that are out of step, so that every next slot is
+        clock % length (a no-op for a batch already in step: the usual case)."""
+        if self._everyone or self._aligned_for is batch:
             return
-        length = self.length
-        for j in range(len(self.values)):
-            shift = (self.clock[j] - self.count[j] - self.offset[j]) % length
-            behind = np.flatnonzero(shift)
-            if len(behind):
-                sh = shift[behind]
-                rows = (np.arange(length)[:, None] - sh) % length
-                self.values[j][:, behind] = self.values[j][rows, behind]
-                self.offset[j, behind] += sh
-        self.aligned = True
-
-    def lockstep(self, batch: Batch) -> bool:
-        """True when this batch reads and writes rows (every symbol, aligned)."""
-        return batch.full and self.aligned
+        self._aligned_for = batch
+        self._everyone = batch.full  # once this batch of everyone is put in step
+        sel = batch.sel
+        shift = (self.clock[:, None] - self.count[:, sel] - self.offset[:, sel]) % self.length
+        if not shift.any():
+            return
+        for j in np.flatnonzero(shift.any(axis=1)).tolist():
+            behind = np.flatnonzero(shift[j])
+            symbols, sh = batch.idx[behind], shift[j, behind]
+            rows = (np.arange(self.length)[:, None] - sh) % self.length  # slot p takes slot p - shift
+            self.values[j][:, symbols] = self.values[j][rows, symbols]
+            self.offset[j, symbols] += sh
 
     def ago(self, series: IntArray, back: IntArray, batch: Batch) -> FloatArray:
         """(len(series), len(batch)): series[p] of each symbol, the value pushed back[p] pushes before the
         next one (1: the latest); meaningless where count < back."""
-        if self.lockstep(batch):
-            rows: FloatArray = self.values[series, (self.clock[series] - back) % self.length]
+        self.align(batch)
+        slots = (self.clock[series] - back) % self.length
+        if batch.full:
+            rows: FloatArray = self.values[series, slots]
             return rows
-        idx = batch.idx
-        pos = (self.count[series][:, idx] + self.offset[series][:, idx] - back[:, None]) % self.length
-        out: FloatArray = self.values[series[:, None], pos, idx]
+        out: FloatArray = self.values[series[:, None], slots[:, None], batch.idx]
         return out
 
     def back(self, j: int, batch: Batch, back: int) -> FloatArray:
@@ -258,23 +258,25 @@ class Rings:
         return out
 
     def push(self, batch: Batch, x: FloatArray, active: BoolArray | None) -> None:
-        """x[j, i] onto series j of the batch's i-th symbol, where active[j, i] (everywhere if None)."""
-        if active is None and self.lockstep(batch):
-            self.values[np.arange(len(x)), self.clock % self.length] = x
-            self.count += 1
-            self.clock += 1
-            return
-        idx = batch.idx
-        series, col = (np.repeat(np.arange(len(x)), len(idx)), np.tile(np.arange(len(idx)), len(x))) if \
-            active is None else np.nonzero(active)  # fmt: skip
-        sym = idx[col]
-        self.values[series, (self.count[series, sym] + self.offset[series, sym]) % self.length, sym] = x[
-            series, col
-        ]
-        self.count[series, sym] += 1
-        if batch.full:
-            self.clock += 1  # the symbols left out fall behind: rotated at the next align
-        self.aligned = False
+        """x[j, i] onto series j of the batch's i-th symbol, where active[j, i] (everywhere if None); the
+        symbols left out, or inactive for a series, fall out of step with it."""
+        self.align(batch)
+        slots = self.clock % self.length
+        if active is None:
+            if batch.full:
+                self.values[np.arange(len(x)), slots] = x
+            else:
+                self.values[np.arange(len(x))[:, None], slots[:, None], batch.idx] = x
+            self.count[:, batch.sel] += 1
+        else:
+            series, col = np.nonzero(active)
+            sym = batch.idx[col]
+            self.values[series, slots[series], sym] = x[series, col]
+            self.count[series, sym] += 1
+        self.clock += 1
+        # Every symbol of the batch pushed every series: still in step (the rest fell behind).
+        self._aligned_for = batch if active is None else None
+        self._everyone = self._everyone and active is None and batch.full
 
     def load(self, j: int, symbol: int, values: Sequence[float]) -> None:
         """Make series j of one symbol these values (oldest first), as if just pushed in order."""
@@ -282,7 +284,8 @@ class Rings:
         self.values[j, : len(values), symbol] = values
         self.count[j, symbol] = len(values)
         self.offset[j, symbol] = 0
-        self.aligned = False
+        self._aligned_for = None
+        self._everyone = False
 
     def scale(self, j: int, symbols: IntArray, factor: FloatArray) -> None:
         """Multiply series j's stored values of each symbol by its factor (float products, as rescale)."""

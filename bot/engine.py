@@ -225,6 +225,7 @@ class Engine:
         live_now = self.market_now() if self._feed.clock is not None else None
         for rt in self._runtimes:
             need = rt.features.warmup_bars
+            history: list[Bar] = []  # every symbol's accepted bars, for one update_many at the end
             for symbol in rt.config.symbols:
                 end = (
                     last_bars[symbol] + timedelta(microseconds=1)
@@ -241,13 +242,14 @@ class Engine:
                     span *= 2
                 for bar in bars:
                     for good in scratch.take(bar).accepted:
-                        rt.features.update(good)
+                        history.append(good)
                         rt.forecaster.observe(good)
                         rt.sizer.observe_bar(good.symbol, good.open, good.close)
                 last_ts, last_close = scratch.last_ts(symbol), scratch.last_close(symbol)
                 if symbol not in resume and last_ts is not None:
                     resume[symbol] = last_ts
                     self._guard.seed(symbol, last_ts, last_close)
+            rt.features.update_many(history)  # the k-th bar of every symbol in pass k: numpy across them
         self._feed.resume_from(resume)
         self._log.info(
             "warmed_up", symbols={s: rt.features.ready(s) for rt in self._runtimes for s in rt.config.symbols}

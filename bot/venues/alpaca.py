@@ -357,9 +357,12 @@ class _TradeUpdates(TradingStream):
         super().__init__(**kwargs)
         self._on_state = on_state
 
-    async def _start_ws(self) -> None:
-        await super()._start_ws()
-        self._on_state(True)
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        # Up once the server confirms the subscription, not when "listen" is sent: an order filled in
+        # between would report to a socket that does not listen yet.
+        if msg.get("stream") == "listening" and "trade_updates" in (msg.get("data") or {}).get("streams", []):
+            self._on_state(True)
+        await super()._dispatch(msg)
 
     async def close(self) -> None:
         was_open = self._ws is not None

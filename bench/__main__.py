@@ -26,6 +26,7 @@ universe of 1, 100 and 1000 symbols made of the bundled real bars (bench/univers
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches = _batches(size, args.quick)
             universe = Universe.build(size, warmup + 3 * batches + 1)
             db = last_db = folder / f"latency-{size}.sqlite"
-            run = pipeline.run(
+            run = asyncio.run(
                 pipeline.latency(config, universe=universe, warmup=warmup, batches=batches, db=db, device=cpu)
             )
             stages = {s: statistics.median(b[s] for b in run.stages) for s in pipeline.STAGES}
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for size, instants in ((1, 1500 if args.quick else 6000), (100, 40 if args.quick else 200)):
                 universe = Universe.build(size, warmup + instants)
                 run_folder = folder / f"replay-{size}"
-                replay = pipeline.run(pipeline.replay(config, universe, warmup, run_folder, cpu))
+                replay = asyncio.run(pipeline.replay(config, universe, warmup, run_folder, cpu))
                 last_db = run_folder / "replay.sqlite"
                 out["replay_bars_per_s"][str(size)] = round(replay.bars_per_s, 1)
                 print(

@@ -5,7 +5,6 @@ and the decision log (JSON at info level, into /dev/null as it would go into jou
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import functools
 import gc
@@ -329,8 +328,3 @@ async def replay(
     finally:
         gc.unfreeze()  # this run's objects may go now; the next run freezes its own
         assembled.close()
-
-
-def run(coroutine: Any) -> Any:
-    """Run one benchmark coroutine on a fresh event loop."""
-    return asyncio.run(coroutine)
